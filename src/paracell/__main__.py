@@ -1,0 +1,5 @@
+import sys
+
+from paracell.cli import main
+
+sys.exit(main())

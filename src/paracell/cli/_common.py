@@ -1,0 +1,91 @@
+"""Options and output helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from paracell.trace import Trace, load_trace, shipped_trace_paths
+
+T = TypeVar("T")
+
+
+def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the positional TRACE list; with none given, the shipped traces are used."""
+    parser.add_argument(
+        "traces",
+        nargs="*",
+        metavar="TRACE",
+        type=Path,
+        help="trace directories (default: the traces shipped with paracell)",
+    )
+
+
+def add_profile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE.toml",
+        help="cost profile whose values override the default parameters",
+    )
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of tables"
+    )
+
+
+def load_traces(paths: list[Path]) -> list[Trace]:
+    """Load the given traces, or every shipped trace when the list is empty."""
+    return [load_trace(p) for p in (paths or shipped_trace_paths())]
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout, indent=2, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays reach the JSON output from the models.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def progress_bar(
+    items: Iterable[T], total: int | None, description: str, quiet: bool = False
+) -> Iterator[T]:
+    """Yield ``items`` while drawing a progress bar on standard error.
+
+    The bar is drawn only when standard error is a terminal and ``quiet`` is
+    false, so piped and logged output stays clean.
+    """
+    if quiet or not sys.stderr.isatty():
+        yield from items
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)

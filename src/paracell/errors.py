@@ -1,0 +1,77 @@
+"""Typed exceptions of the library.
+
+The library raises these; only the command-line front end turns them into a
+one-line message and an exit status (2 for bad input or a missing feature).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ParacellError(Exception):
+    """Base class of every error the tool reports to the user without a traceback."""
+
+    exit_status = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = self.args[0]
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class TraceFormatError(ParacellError):
+    """A trace file is missing, unreadable or holds a value the format forbids.
+
+    ``column`` and ``row`` are ``None`` where the fault is not tied to one
+    cell, for example a truncated Parquet file.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        reason: str,
+        *,
+        column: str | None = None,
+        row: int | None = None,
+        value: object = None,
+        hint: str | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        self.column = column
+        self.row = row
+        self.value = value
+        where = str(self.path)
+        if column is not None:
+            where += f": column {column!r}"
+        if row is not None:
+            where += f", row {row}"
+        if value is not None:
+            where += f", value {value!r}"
+        super().__init__(f"{where}: {reason}", hint)
+
+
+class CaptureError(ParacellError):
+    """Tracing could not start or failed while running."""
+
+
+class ProfileError(ParacellError):
+    """A cost profile names an unknown parameter or gives a value in the wrong unit."""
+
+
+class ModelError(ParacellError):
+    """A model cannot run on the given input, for example a guest too small for the trace."""
+
+
+class LiveError(ParacellError):
+    """The live replay cannot run within the memory cap or on this kernel."""
+
+
+class ResultsError(ParacellError):
+    """The results store or a sweep specification is invalid."""

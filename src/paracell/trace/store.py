@@ -1,0 +1,265 @@
+"""Reading, validating and atomically writing trace directories."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from paracell.errors import TraceFormatError
+from paracell.trace.manifest import Manifest
+from paracell.trace.schema import KINDS, arrow_schema, parquet_name
+
+log = logging.getLogger("paracell.trace")
+
+MANIFEST_NAME = "manifest.json"
+# Parquet settings: zstd keeps shipped traces at a few MB, and delta encoding
+# stores sorted timestamps in a couple of bytes each.
+_COMPRESSION = "zstd"
+
+
+class Trace:
+    """A validated trace directory; event tables are read and checked on first use."""
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._tables: dict[str, pa.Table] = {}
+
+    def __repr__(self) -> str:
+        return f"Trace({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.manifest.workload.name
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.manifest.event_kinds)
+
+    def has(self, kind: str) -> bool:
+        return kind in self.manifest.event_kinds
+
+    def table(self, kind: str) -> pa.Table:
+        """Return the table of one event kind; an empty table if it was not captured."""
+        if kind not in KINDS:
+            raise KeyError(f"unknown event kind {kind!r}")
+        if kind not in self._tables:
+            if self.has(kind):
+                table = read_table(self.path / parquet_name(kind), kind)
+                _check_count(self.path / parquet_name(kind), table, self.manifest, kind)
+            else:
+                table = arrow_schema(kind).empty_table()
+            self._tables[kind] = table
+        return self._tables[kind]
+
+    def column(self, kind: str, name: str) -> np.ndarray:
+        """Return one column as a numpy array (zero-copy for numeric columns)."""
+        return self.table(kind).column(name).to_numpy()
+
+    def validate(self) -> None:
+        """Read and check every table now instead of on first use."""
+        for kind in self.kinds:
+            self.table(kind)
+
+    def content_hash(self) -> str:
+        """Return a SHA-256 over the manifest and every event file, in a fixed order."""
+        digest = hashlib.sha256()
+        for name in [MANIFEST_NAME, *(parquet_name(k) for k in sorted(self.kinds))]:
+            digest.update(name.encode())
+            with open(self.path / name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+
+def load_trace(path: Path | str, validate: bool = False) -> Trace:
+    """Open a trace directory, checking its manifest and that its files exist.
+
+    Tables are validated when first read; pass ``validate=True`` to read them
+    all now.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TraceFormatError(path, "trace not found", hint="give a trace directory")
+    if not path.is_dir():
+        raise TraceFormatError(
+            path, "not a trace directory", hint="a trace is a directory with manifest.json"
+        )
+    manifest = Manifest.read(path / MANIFEST_NAME)
+    for kind in manifest.event_kinds:
+        file = path / parquet_name(kind)
+        if not file.is_file():
+            raise TraceFormatError(
+                file, f"event file is missing although the manifest lists kind {kind!r}"
+            )
+    trace = Trace(path, manifest)
+    if validate:
+        trace.validate()
+    return trace
+
+
+def read_table(file: Path, kind: str) -> pa.Table:
+    """Read one Parquet event file and check schema, ordering and value ranges."""
+    try:
+        table = pq.read_table(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise TraceFormatError(
+            file, f"not a readable Parquet file ({_first_line(exc)})",
+            hint="the file is truncated or corrupt; capture the trace again",
+        ) from None
+    validate_table(file, kind, table)
+    return table
+
+
+def validate_table(file: Path, kind: str, table: pa.Table) -> None:
+    """Raise :class:`TraceFormatError` naming the first bad column, row and value."""
+    expected = {c.name: c for c in KINDS[kind]}
+    for name in table.column_names:
+        if name not in expected:
+            raise TraceFormatError(
+                file, f"unexpected column for kind {kind!r}", column=name
+            )
+    for name, col in expected.items():
+        if name not in table.column_names:
+            raise TraceFormatError(file, "column is missing", column=name)
+        data = table.column(name)
+        if data.type != col.type:
+            raise TraceFormatError(
+                file, f"has type {data.type}, expected {col.type}", column=name
+            )
+        if data.null_count:
+            row = _first_true(pc.is_null(data))
+            raise TraceFormatError(file, "value is null", column=name, row=row)
+        _check_range(file, name, data, col.min, col.max)
+    ts = table.column("ts_ns").to_numpy()
+    if ts.size > 1:
+        bad = np.flatnonzero(ts[1:] < ts[:-1])
+        if bad.size:
+            row = int(bad[0]) + 1
+            raise TraceFormatError(
+                file,
+                f"timestamps are not sorted (previous row has {int(ts[row - 1])})",
+                column="ts_ns",
+                row=row,
+                value=int(ts[row]),
+            )
+
+
+def _check_range(
+    file: Path, name: str, data: pa.ChunkedArray, lo: int | None, hi: int | None
+) -> None:
+    if len(data) == 0 or (lo is None and hi is None):
+        return
+    values = data.to_numpy()
+    bad_mask = np.zeros(values.shape, dtype=bool)
+    if lo is not None:
+        bad_mask |= values < lo
+    if hi is not None:
+        bad_mask |= values > hi
+    if bad_mask.any():
+        row = int(np.argmax(bad_mask))
+        raise TraceFormatError(
+            file,
+            f"value outside the allowed range [{lo}, {hi}]",
+            column=name,
+            row=row,
+            value=values[row].item(),
+        )
+
+
+def _check_count(file: Path, table: pa.Table, manifest: Manifest, kind: str) -> None:
+    expected = manifest.event_counts.get(kind)
+    if expected is not None and expected != table.num_rows:
+        raise TraceFormatError(
+            file,
+            f"holds {table.num_rows} rows but the manifest's event_counts says {expected}",
+        )
+
+
+def _first_true(mask: pa.ChunkedArray) -> int:
+    return int(np.argmax(mask.to_numpy(zero_copy_only=False)))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def write_trace(
+    path: Path | str,
+    manifest: Manifest,
+    tables: Mapping[str, pa.Table],
+    overwrite: bool = False,
+) -> Trace:
+    """Write a trace directory atomically and return it, loaded.
+
+    Files go to a hidden sibling directory, the manifest last, and the
+    directory is renamed into place only when complete, so an interrupted
+    write never leaves a directory that looks like a trace.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise TraceFormatError(
+            path, "output already exists", hint="choose another -o or remove it first"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        manifest.event_kinds = sorted(tables, key=list(KINDS).index)
+        manifest.event_counts = {}
+        for kind in manifest.event_kinds:
+            table = tables[kind].cast(arrow_schema(kind))
+            validate_table(staging / parquet_name(kind), kind, table)
+            _write_parquet(staging / parquet_name(kind), table)
+            manifest.event_counts[kind] = table.num_rows
+        manifest.write(staging / MANIFEST_NAME)
+        _fsync_dir(staging)
+        if path.exists():
+            retired = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(retired)
+            staging.rename(path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote trace %s (%s)", path, manifest.event_counts)
+    return load_trace(path)
+
+
+def _write_parquet(file: Path, table: pa.Table) -> None:
+    int_columns = [
+        f.name for f in table.schema if pa.types.is_integer(f.type)
+    ]
+    with open(file, "wb") as f:
+        pq.write_table(
+            table,
+            f,
+            compression=_COMPRESSION,
+            use_dictionary=[f.name for f in table.schema if pa.types.is_string(f.type)],
+            column_encoding={"ts_ns": "DELTA_BINARY_PACKED"}
+            if "ts_ns" in int_columns
+            else None,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
