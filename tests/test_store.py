@@ -1,0 +1,251 @@
+"""Results store: round trip, read-only queries, crash safety, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from paracell.cli import main
+from paracell.errors import ResultsError
+from paracell.reports.store import ResultsStore, RunRecord, flatten_metrics
+
+
+def test_flatten_metrics_paths_and_filtering() -> None:
+    result = {
+        "paracell": {
+            "bare-metal": {"total_ns": 10, "by_class": {"syscall": {"count": 3}}}
+        },
+        "label": "text",
+        "flag": True,
+        "missing": None,
+        "nan": float("nan"),
+        "series": [1.5, 2.5],
+    }
+    flat = dict(flatten_metrics(result))
+    assert flat == {
+        "paracell/bare-metal/total_ns": 10.0,
+        "paracell/bare-metal/by_class/syscall/count": 3.0,
+        "series/0": 1.5,
+        "series/1": 2.5,
+    }
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    result = {"runc": {"bare-metal": {"total_ns": 1000.0, "overhead_ns": 0.0}}}
+    with ResultsStore(tmp_path) as store:
+        run_id = store.add_run(
+            RunRecord(
+                command="latency",
+                result=result,
+                params={"options": {"runtimes": ["runc"]}},
+                trace_name="demo",
+                trace_hash="ab" * 32,
+            )
+        )
+        columns, rows = store.query(
+            "SELECT key, value FROM metrics WHERE run_id = ? ORDER BY key", (run_id,)
+        )
+        assert columns == ["key", "value"]
+        assert rows == [
+            ("runc/bare-metal/overhead_ns", 0.0),
+            ("runc/bare-metal/total_ns", 1000.0),
+        ]
+        _, runs = store.query(
+            "SELECT command, trace_name, result_json, tool_version FROM runs"
+        )
+    assert len(runs) == 1
+    assert runs[0][0] == "latency"
+    assert runs[0][1] == "demo"
+    assert json.loads(runs[0][2]) == result
+    assert runs[0][3]
+
+
+def test_query_cannot_modify_store(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path) as store:
+        store.add_run(RunRecord(command="memory", result={"x": 1}))
+        with pytest.raises(ResultsError, match="query failed"):
+            store.query("DELETE FROM runs")
+        _, rows = store.query("SELECT count(*) FROM runs")
+        assert rows == [(1,)]
+        # Writes still work after a rejected query.
+        store.add_run(RunRecord(command="memory", result={"x": 2}))
+        _, rows = store.query("SELECT count(*) FROM runs")
+        assert rows == [(2,)]
+
+
+def test_duplicate_cell_stored_once(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path) as store:
+        first = RunRecord(command="sweep", result={"v": 1}, cell_id="c1")
+        again = RunRecord(command="sweep", result={"v": 1}, cell_id="c1")
+        assert store.add_runs([first]) == 1
+        assert store.add_runs([again], skip_existing_cells=True) == 0
+        with pytest.raises(ResultsError, match="failed to save"):
+            store.add_run(RunRecord(command="sweep", result={"v": 1}, cell_id="c1"))
+        _, rows = store.query("SELECT count(*) FROM runs WHERE cell_id = 'c1'")
+    assert rows == [(1,)]
+
+
+def test_not_a_database_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "paracell.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ResultsError, match="cannot open the results store"):
+        ResultsStore(tmp_path)
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from paracell.reports.store import ResultsStore, RunRecord
+    results_dir, nr_leaves, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    result = {}
+    for i in range(nr_leaves):
+        result.setdefault(f"g{i // 100}", {})[f"m{i}"] = float(i)
+    store = ResultsStore(results_dir)
+    i = 0
+    while True:
+        run_id = f"{label}-{i}"
+        print("begin", run_id, flush=True)
+        store.add_run(RunRecord(command="latency", result=result, run_id=run_id))
+        print("done", run_id, flush=True)
+        i += 1
+    """
+)
+
+
+def _check_store_consistent(results_dir: Path) -> dict[str, int]:
+    """Assert every stored run has all its metrics; return run id -> nr_metrics."""
+    with ResultsStore(results_dir) as store:
+        assert store.integrity_check() == "ok"
+        _, rows = store.query(
+            "SELECT r.run_id, r.nr_metrics, count(m.key) FROM runs r "
+            "LEFT JOIN metrics m ON m.run_id = r.run_id GROUP BY r.run_id"
+        )
+    for run_id, nr_metrics, counted in rows:
+        assert counted == nr_metrics, (
+            f"run {run_id} has {counted} of {nr_metrics} metrics"
+        )
+    return {run_id: nr_metrics for run_id, nr_metrics, _ in rows}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_write_leaves_no_partial_run(tmp_path: Path) -> None:
+    nr_leaves = 150_000
+    rng = random.Random(20261201)
+    interrupted_inside = 0
+    for attempt in range(6):
+        writer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _WRITER,
+                str(tmp_path),
+                str(nr_leaves),
+                f"w{attempt}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        # Let one run finish to learn how long a write takes here, then kill
+        # the writer at a random point inside the next one.
+        started = {}
+        finished = {}
+        while len(finished) < 1:
+            verb, run_id = writer.stdout.readline().split()
+            (started if verb == "begin" else finished)[run_id] = time.monotonic()
+        first = f"w{attempt}-0"
+        write_s = finished[first] - started[first]
+        verb, in_flight = writer.stdout.readline().split()
+        assert verb == "begin"
+        time.sleep(rng.uniform(0.05, 0.9) * write_s)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        writer.stdout.close()
+        stored = _check_store_consistent(tmp_path)
+        assert stored[first] == nr_leaves
+        if in_flight in stored:
+            assert stored[in_flight] == nr_leaves
+        else:
+            interrupted_inside += 1
+    # At least some kills must have landed inside a transaction, or the test
+    # proved nothing about partial writes.
+    assert interrupted_inside >= 2
+
+
+_CONCURRENT_WRITER = textwrap.dedent(
+    """
+    import sys
+    from paracell.reports.store import ResultsStore, RunRecord
+    results_dir, label, nr_runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    result = {f"m{i}": float(i) for i in range(2000)}
+    with ResultsStore(results_dir) as store:
+        for i in range(nr_runs):
+            record = RunRecord(command="sweep", result=result, cell_id=f"{label}-{i}")
+            store.add_run(record)
+    """
+)
+
+
+def test_concurrent_writers_all_land(tmp_path: Path) -> None:
+    ResultsStore(tmp_path).close()
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_WRITER, str(tmp_path), f"p{n}", "20"]
+        )
+        for n in range(4)
+    ]
+    for writer in writers:
+        assert writer.wait(timeout=300) == 0
+    stored = _check_store_consistent(tmp_path)
+    assert len(stored) == 80
+    assert set(stored.values()) == {2000}
+
+
+def test_cli_results_list_query_and_show(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ResultsStore(tmp_path) as store:
+        run_id = store.add_run(
+            RunRecord(
+                command="memory", result={"pager": {"peak_footprint_bytes": 4096}}
+            )
+        )
+    assert main(["results", "--results", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in listed] == [run_id]
+    sql = "SELECT value FROM metrics WHERE key = 'pager/peak_footprint_bytes'"
+    assert main(["results", "--results", str(tmp_path), "--query", sql, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"value": 4096.0}]
+    assert main(["results", "--results", str(tmp_path), "--show", run_id[:8]]) == 0
+    shown = capsys.readouterr().out
+    assert "peak_footprint_bytes" in shown
+    assert main(["results", "--results", str(tmp_path)]) == 0
+    assert run_id in capsys.readouterr().out
+
+
+def test_cli_results_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["results", "--results", str(tmp_path / "none")]) == 2
+    assert "results store not found" in capsys.readouterr().err
+    ResultsStore(tmp_path).close()
+    assert main(["results", "--results", str(tmp_path), "--query", "SELEC oops"]) == 2
+    assert "query failed" in capsys.readouterr().err
+
+
+def test_results_env_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PARACELL_RESULTS", str(tmp_path))
+    with ResultsStore(tmp_path) as store:
+        store.add_run(RunRecord(command="compare", result={"a": 1}))
+    assert main(["results", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
