@@ -17,7 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from paracell.reports.saving import add_results_argument
 
     parser.add_argument(
-        "spec", type=Path, metavar="SPEC.toml", help="sweep specification (docs/reports.md)"
+        "spec",
+        type=Path,
+        metavar="SPEC.toml",
+        help="sweep specification (docs/reports.md)",
     )
     parser.add_argument(
         "--scheduler",
@@ -61,11 +64,17 @@ def run(args: argparse.Namespace) -> int:
     with ResultsStore(directory) as store:
         if args.dry_run:
             nr_stored = len(store.cell_ids(c.cell_id for c in cells))
-            document = {"name": spec.name, "nr_cells": len(cells), "nr_stored": nr_stored}
+            document = {
+                "name": spec.name,
+                "nr_cells": len(cells),
+                "nr_stored": nr_stored,
+            }
             if args.json:
                 print_json(document)
             else:
-                print(f"sweep {spec.name}: {len(cells)} cells, {nr_stored} already stored")
+                print(
+                    f"sweep {spec.name}: {len(cells)} cells, {nr_stored} already stored"
+                )
             return 0
         if args.scheduler and args.workers is not None:
             print("paracell: --workers is ignored with --scheduler", file=sys.stderr)

@@ -86,7 +86,9 @@ class Cell:
         else:
             where = f"{self.policy}/{self.placement}"
         point = ", ".join(f"{n}[{d}]={v:g}" for n, d, v in self.values)
-        return f"{self.trace_name} {self.kind} {where}" + (f" ({point})" if point else "")
+        return f"{self.trace_name} {self.kind} {where}" + (
+            f" ({point})" if point else ""
+        )
 
 
 @dataclass
@@ -161,7 +163,9 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
         )
     if latency is not None:
         _reject_unknown(path, "latency", latency, {"runtimes", "deployments"})
-        spec.runtimes = _choices(path, "latency.runtimes", latency, "runtimes", RUNTIMES)
+        spec.runtimes = _choices(
+            path, "latency.runtimes", latency, "runtimes", RUNTIMES
+        )
         spec.deployments = _choices(
             path, "latency.deployments", latency, "deployments", DEPLOYMENTS
         )
@@ -200,7 +204,9 @@ def _trace_paths(path: Path, entries: Any) -> list[Path]:
         pattern = entry if os.path.isabs(entry) else str(path.parent / entry)
         matches = sorted(Path(p) for p in _glob(pattern))
         if not matches:
-            raise ResultsError(f"{path}: field 'traces[{i}]': no trace matches {entry!r}")
+            raise ResultsError(
+                f"{path}: field 'traces[{i}]': no trace matches {entry!r}"
+            )
         found.extend(m.resolve() for m in matches)
     unique: list[Path] = []
     for p in found:
@@ -231,7 +237,9 @@ def _table(path: Path, where: str, value: Any) -> dict[str, Any] | None:
     return value
 
 
-def _reject_unknown(path: Path, where: str, table: Mapping[str, Any], known: set[str]) -> None:
+def _reject_unknown(
+    path: Path, where: str, table: Mapping[str, Any], known: set[str]
+) -> None:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ResultsError(
@@ -301,7 +309,9 @@ def _axis_values(
         raw = entry["values"]
         if not isinstance(raw, list) or not raw:
             raise ResultsError(f"{path}: {where}.values must be a non-empty list")
-        values = [_quantity(path, f"{where}.values[{j}]", v, unit) for j, v in enumerate(raw)]
+        values = [
+            _quantity(path, f"{where}.values[{j}]", v, unit) for j, v in enumerate(raw)
+        ]
     else:
         spec = entry["range"]
         if not isinstance(spec, dict) or set(spec) != {"start", "stop", "num"}:
@@ -312,7 +322,9 @@ def _axis_values(
         stop = _quantity(path, f"{where}.range.stop", spec["stop"], unit)
         num = spec["num"]
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
-            raise ResultsError(f"{path}: {where}.range.num: expected a count >= 1, got {num!r}")
+            raise ResultsError(
+                f"{path}: {where}.range.num: expected a count >= 1, got {num!r}"
+            )
         step = 0.0 if num == 1 else (stop - start) / (num - 1)
         values = [start + j * step for j in range(num)]
     return tuple(dict.fromkeys(values))
@@ -326,7 +338,9 @@ def _quantity(path: Path, where: str, value: Any, unit: str) -> float:
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             result = float(value)
         else:
-            raise ValueError(f"expected a number or a quantity such as '40 ns', got {value!r}")
+            raise ValueError(
+                f"expected a number or a quantity such as '40 ns', got {value!r}"
+            )
     except ValueError as exc:
         raise ResultsError(f"{path}: {where}: {exc}") from None
     if not math.isfinite(result) or result < 0:
@@ -378,7 +392,11 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
             )
             effective = dict(profile_values)
             effective.update({(n, d): v for n, d, v in grid})
-            changed = [(n, d, v) for (n, d), v in effective.items() if defaults.get((n, d)) != v]
+            changed = [
+                (n, d, v)
+                for (n, d), v in effective.items()
+                if defaults.get((n, d)) != v
+            ]
             profile = str(spec.profile) if spec.profile else None
             latency_axes = [
                 {"runtime": r, "deployment": d, "policy": None, "placement": None}
@@ -409,7 +427,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
 
 
 def sweep_id_for(spec: SweepSpec, cells: Sequence[Cell]) -> str:
-    """Return an id of the sweep: the same specification over the same traces gives the same id."""
+    """Return the sweep's id, which depends on its name and the ids of its cells."""
     digest = hashlib.sha256()
     digest.update(spec.name.encode())
     for cell in cells:
@@ -421,6 +439,7 @@ def sweep_id_for(spec: SweepSpec, cells: Sequence[Cell]) -> str:
 # each trace and cost table once and reuses it for every cell it runs.
 _TRACES: dict[str, Any] = {}
 _COSTS: dict[tuple[str | None, tuple[tuple[str, str, float], ...]], Any] = {}
+_EVENTS: dict[str, Any] = {}
 
 
 def _cached_trace(cell: Cell) -> Any:
@@ -439,6 +458,20 @@ def _cached_trace(cell: Cell) -> Any:
             hint="every worker must see the same trace files at the same paths",
         )
     return trace
+
+
+def _cached_events(cell: Cell, trace: Any) -> Any:
+    # Classifying a trace's events takes most of a latency cell's time and
+    # does not depend on the costs, so do it once per trace and process.
+    from paracell.models import latency
+
+    classify = getattr(latency, "classify", None)
+    if classify is None:
+        return trace
+    events = _EVENTS.get(cell.trace_hash)
+    if events is None:
+        events = _EVENTS[cell.trace_hash] = classify(trace)
+    return events
 
 
 def _cached_costs(cell: Cell) -> Any:
@@ -467,7 +500,7 @@ def evaluate_cell(cell: Cell) -> dict[str, Any]:
 
         assert cell.runtime is not None and cell.deployment is not None
         report = latency.evaluate(
-            trace, costs, runtimes=[cell.runtime], deployments=[cell.deployment]
+            _cached_events(cell, trace), costs, [cell.runtime], [cell.deployment]
         )
         result = report.to_dict()[cell.runtime][cell.deployment]
     elif cell.kind == "memory":
@@ -519,7 +552,10 @@ def run_sweep(
     store.add_sweep(sweep_id, spec.name, str(spec.path), spec.document, len(all_cells))
     log.info(
         "sweep %s: %d cells, %d already stored, %d to run",
-        sweep_id, len(all_cells), len(all_cells) - len(todo), len(todo),
+        sweep_id,
+        len(all_cells),
+        len(all_cells) - len(todo),
+        len(todo),
     )
     finished: Iterator[tuple[Cell, dict[str, Any]]]
     if not todo:
@@ -604,8 +640,10 @@ def _run_local(
     import multiprocessing
 
     nr_workers = max(1, min(workers or os.cpu_count() or 1, len(cells)))
-    # forkserver: workers do not inherit the parent's threads or open store.
-    context = multiprocessing.get_context("forkserver")
+    # spawn: each worker is a child of this process (so the parent-death
+    # signal below refers to it) and inherits neither its threads nor its
+    # open store connection.
+    context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(
         max_workers=nr_workers,
         mp_context=context,
@@ -628,7 +666,9 @@ def _run_local(
     pool.shutdown(wait=True)
 
 
-def _run_dask(cells: Sequence[Cell], address: str) -> Iterator[tuple[Cell, dict[str, Any]]]:
+def _run_dask(
+    cells: Sequence[Cell], address: str
+) -> Iterator[tuple[Cell, dict[str, Any]]]:
     from distributed import Client, as_completed
 
     try:
@@ -644,10 +684,12 @@ def _run_dask(cells: Sequence[Cell], address: str) -> Iterator[tuple[Cell, dict[
         for cell in cells:
             # The key names the cell, so a cluster that still holds a result
             # from an earlier connection of this sweep does not run it twice.
-            future = client.submit(evaluate_cell, cell, key=f"paracell-cell-{cell.cell_id}")
+            future = client.submit(
+                evaluate_cell, cell, key=f"paracell-cell-{cell.cell_id}"
+            )
             by_key[future.key] = cell
             futures.append(future)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             cell = by_key[future.key]
             yield cell, _result_or_raise(cell, future.result)
             future.release()

@@ -1,0 +1,347 @@
+"""Sweeps: spec checks, cell ids, a real Dask cluster, interruption and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from paracell.errors import ResultsError
+from paracell.reports.store import ResultsStore, to_json
+from paracell.reports.sweep import (
+    Cell,
+    cell_id_for,
+    evaluate_cell,
+    expand_cells,
+    read_spec,
+)
+
+# 4 shipped traces x 4 runtimes x 2 deployments x 7 grid points = 224 cells.
+GRID_SPEC = """
+name = "grid"
+traces = ["shipped"]
+
+[latency]
+runtimes = ["runc", "runv", "pvm", "paracell"]
+deployments = ["bare-metal", "nested"]
+
+[[params]]
+name = "paracell.gate_entry_cycles"
+values = [30, 55, 80, 110, 140, 170, 200]
+"""
+
+
+def _write_spec(directory: Path, text: str, name: str = "spec.toml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def _sweep_command(spec: Path, results: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "paracell",
+        "sweep",
+        str(spec),
+        "--results",
+        str(results),
+        "--json",
+        *extra,
+    ]
+
+
+def _stored_cells(results: Path) -> list[tuple[str, str]]:
+    if not (results / "paracell.sqlite").exists():
+        return []
+    with ResultsStore(results) as store:
+        _, rows = store.query(
+            "SELECT cell_id, result_json FROM runs WHERE cell_id IS NOT NULL"
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler() -> Iterator[str]:
+    """Start a two-process dask.distributed cluster on loopback; yield its address."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()
+
+
+def test_spec_expands_to_grid(tmp_path: Path) -> None:
+    spec = read_spec(_write_spec(tmp_path, GRID_SPEC))
+    cells = expand_cells(spec)
+    assert len(spec.trace_paths) == 4
+    assert len(cells) == 4 * 4 * 2 * 7
+    assert len({c.cell_id for c in cells}) == len(cells)
+    gate_values = {c.values[0][2] for c in cells}
+    assert gate_values == {30.0, 55.0, 80.0, 110.0, 140.0, 170.0, 200.0}
+
+
+def test_cell_id_is_stable_and_sensitive() -> None:
+    axes = {"runtime": "pvm", "deployment": "nested"}
+    base = cell_id_for("h" * 64, "latency", axes, [("pvm.hypercall", "nested", 480.0)])
+    same = cell_id_for(
+        "h" * 64, "latency", dict(axes), [("pvm.hypercall", "nested", 480)]
+    )
+    assert base == same
+    assert base != cell_id_for(
+        "g" * 64, "latency", axes, [("pvm.hypercall", "nested", 480.0)]
+    )
+    assert base != cell_id_for(
+        "h" * 64, "latency", axes, [("pvm.hypercall", "nested", 481.0)]
+    )
+    assert base != cell_id_for(
+        "h" * 64, "latency", {"runtime": "runv", "deployment": "nested"}, []
+    )
+    assert base != cell_id_for(
+        "h" * 64, "latency", axes, [("pvm.hypercall", "nested", 480.0)], "9.9.9"
+    )
+
+
+def test_profile_and_grid_value_share_cell_id(tmp_path: Path) -> None:
+    profile = _write_spec(
+        tmp_path,
+        '[params]\n"paracell.gate_entry_cycles" = "80 cycles"\n',
+        "profile.toml",
+    )
+    via_profile = read_spec(
+        _write_spec(
+            tmp_path,
+            'traces = ["shipped"]\nprofile = "profile.toml"\n'
+            '[latency]\nruntimes = ["pvm"]\n',
+            "a.toml",
+        )
+    )
+    via_grid = read_spec(
+        _write_spec(
+            tmp_path,
+            'traces = ["shipped"]\n[latency]\nruntimes = ["pvm"]\n'
+            '[[params]]\nname = "paracell.gate_entry_cycles"\nvalues = [80]\n',
+            "b.toml",
+        )
+    )
+    assert profile.exists()
+    ids_profile = {c.cell_id for c in expand_cells(via_profile)}
+    ids_grid = {c.cell_id for c in expand_cells(via_grid)}
+    assert ids_profile == ids_grid
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('traces = ["shipped"]\n', "neither [latency] nor [memory]"),
+        ('traces = ["shipped"]\nbogus = 1\n[latency]\n', "unknown field(s) bogus"),
+        ('traces = ["nope"]\n[latency]\n', "traces[0]': no trace matches 'nope'"),
+        ('[latency]\nruntimes = ["xen"]\n', "unknown value 'xen'"),
+        ('[memory]\nplacements = ["random"]\n', "unknown value 'random'"),
+        (
+            '[latency]\n[[params]]\nname = "no.such"\nvalues = [1]\n',
+            "unknown parameter",
+        ),
+        (
+            '[latency]\n[[params]]\nname = "runv.exit"\nvalues = ["3 GiB"]\n',
+            "params[0].values[0]: unit 'GiB' is not a ns unit",
+        ),
+        (
+            '[latency]\n[[params]]\nname = "runv.exit"\nvalues = [1]\nrange = {}\n',
+            "exactly one of 'values' or 'range'",
+        ),
+        ("[latency\n", "invalid TOML"),
+    ],
+)
+def test_bad_spec_names_field(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ResultsError) as caught:
+        read_spec(_write_spec(tmp_path, text))
+    assert message in str(caught.value)
+    assert str(tmp_path / "spec.toml") in str(caught.value)
+
+
+def test_range_values_in_canonical_unit(tmp_path: Path) -> None:
+    spec = read_spec(
+        _write_spec(
+            tmp_path,
+            '[latency]\n[[params]]\nname = "runv.exit"\ndeployment = "nested"\n'
+            'range = { start = "5 us", stop = "10 us", num = 3 }\n',
+        )
+    )
+    assert spec.axes[0].values == (5000.0, 7500.0, 10000.0)
+    assert spec.axes[0].keys == (("runv.exit", "nested"),)
+
+
+def test_cli_bad_spec_exit_2(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path, "[latency]\nruntimes = []\n")
+    done = subprocess.run(
+        _sweep_command(spec, tmp_path / "results"), capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "latency.runtimes" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_dask_sweep_runs_every_cell_once(tmp_path: Path, dask_scheduler: str) -> None:
+    spec = _write_spec(tmp_path, GRID_SPEC)
+    results = tmp_path / "results"
+    done = subprocess.run(
+        _sweep_command(spec, results, "--scheduler", dask_scheduler),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["nr_cells"] == 224
+    assert summary["nr_computed"] == 224
+    stored = _stored_cells(results)
+    assert len(stored) == 224
+    assert len({cell_id for cell_id, _ in stored}) == 224
+    again = subprocess.run(
+        _sweep_command(spec, results, "--scheduler", dask_scheduler),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["nr_computed"] == 0
+    assert len(_stored_cells(results)) == 224
+
+
+def _interrupt_midway(command: list[str], results: Path, total: int, sig: int) -> None:
+    """Start a sweep and send it ``sig`` once a third of its cells are stored."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    nr_stored = 0
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            nr_stored = len(_stored_cells(results))
+            if nr_stored >= total // 3:
+                break
+            time.sleep(0.02)
+        assert process.poll() is None, "the sweep ended before it could be interrupted"
+        process.send_signal(sig)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def _assert_equal_to_direct_runs(results: Path, spec_path: Path) -> None:
+    cells = {c.cell_id: c for c in expand_cells(read_spec(spec_path))}
+    stored = _stored_cells(results)
+    ids = [cell_id for cell_id, _ in stored]
+    assert len(ids) == len(set(ids)), "a cell is stored more than once"
+    assert set(ids) == set(cells)
+    for cell_id, result_json in stored:
+        direct = json.loads(to_json(evaluate_cell(cells[cell_id])))
+        assert json.loads(result_json) == direct, cells[cell_id].describe()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_dask_sweep_resumes_after_interrupt(
+    tmp_path: Path, dask_scheduler: str, sig: int
+) -> None:
+    spec = _write_spec(tmp_path, GRID_SPEC)
+    results = tmp_path / "results"
+    command = _sweep_command(spec, results, "--scheduler", dask_scheduler)
+    _interrupt_midway(command, results, 224, sig)
+    nr_after_interrupt = len(_stored_cells(results))
+    assert 0 < nr_after_interrupt < 224
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["nr_skipped"] == nr_after_interrupt
+    assert summary["nr_computed"] == 224 - nr_after_interrupt
+    _assert_equal_to_direct_runs(results, spec)
+
+
+def _processes_with_marker(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_local_pool_killed_leaves_no_workers(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path, GRID_SPEC)
+    results = tmp_path / "results"
+    marker = f"PARACELL_TEST_SWEEP={uuid.uuid4().hex}"
+    name, value = marker.split("=")
+    env = dict(os.environ, **{name: value})
+    command = _sweep_command(spec, results, "--workers", "2")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_stored_cells(results)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = [pid for pid in _processes_with_marker(marker) if pid != process.pid]
+        assert workers, "the local pool started no worker processes"
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 10
+        while _processes_with_marker(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _processes_with_marker(marker) == []
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_equal_to_direct_runs(results, spec)
+
+
+def test_cell_describe_names_axes() -> None:
+    cell = Cell(
+        cell_id="x",
+        kind="latency",
+        trace_path="/t",
+        trace_hash="h",
+        trace_name="redis",
+        runtime="pvm",
+        deployment="nested",
+        policy=None,
+        placement=None,
+        profile=None,
+        values=(("runv.exit", "nested", 5000.0),),
+    )
+    assert cell.describe() == "redis latency pvm/nested (runv.exit[nested]=5000)"
+    assert cell.axes() == {
+        "kind": "latency",
+        "runtime": "pvm",
+        "deployment": "nested",
+        "values": [["runv.exit", "nested", 5000.0]],
+    }
