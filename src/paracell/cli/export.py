@@ -1,15 +1,105 @@
-"""Placeholder for `paracell export` until its module is written."""
+"""`paracell export`: write the modelled timeline of one trace as Chrome trace events."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from paracell.errors import ParacellError
+from paracell.cli._common import add_profile_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.add_argument("trace", type=Path, metavar="TRACE", help="trace directory")
+    parser.add_argument(
+        "--runtime",
+        required=True,
+        help="runtime whose modelled time to export: runc, runv, pvm or paracell",
+    )
+    parser.add_argument(
+        "--deployment",
+        default="bare-metal",
+        choices=["bare-metal", "nested"],
+        help="where the runtime runs (default: bare-metal)",
+    )
+    parser.add_argument(
+        "--format",
+        default="chrome",
+        choices=["chrome"],
+        help="output format: chrome (Trace Event JSON for Perfetto and chrome://tracing)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="FILE.json",
+        help="output file",
+    )
+    parser.add_argument(
+        "--window-us",
+        type=float,
+        metavar="US",
+        help="merge slices per class within windows of US microseconds "
+        "(default: merge only when there are more than --max-events slices)",
+    )
+    parser.add_argument(
+        "--max-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="largest number of slices to write before merging (default: 250000)",
+    )
+    add_profile_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ParacellError("this subcommand is not built yet")
+    from paracell.costs import load_costs
+    from paracell.errors import ParacellError
+    from paracell.models import latency
+    from paracell.reports.chrome_trace import (
+        DEFAULT_MAX_EVENTS,
+        prepare_slices,
+        write_chrome_trace,
+    )
+    from paracell.trace import load_trace
+
+    if args.window_us is not None and not args.window_us > 0:
+        raise ParacellError(
+            f"--window-us {args.window_us}: expected a positive duration"
+        )
+    max_events = args.max_events if args.max_events is not None else DEFAULT_MAX_EVENTS
+    if max_events < 1:
+        raise ParacellError(f"--max-events {max_events}: expected at least 1")
+    trace = load_trace(args.trace)
+    costs = load_costs(args.profile)
+    timeline = latency.timeline(trace, costs, args.runtime, args.deployment)
+    window_ns = round(args.window_us * 1000) if args.window_us is not None else None
+    slices = prepare_slices(
+        timeline,
+        window_ns=max(1, window_ns) if window_ns else None,
+        max_events=max_events,
+    )
+    try:
+        nr_events = write_chrome_trace(
+            args.output,
+            slices,
+            trace_name=trace.name,
+            runtime=args.runtime,
+            deployment=args.deployment,
+            native_name=timeline.class_names[0],
+            start_ts_ns=int(timeline.start_ns[0]) if len(timeline) else 0,
+        )
+    except OSError as exc:
+        raise ParacellError(f"{args.output}: cannot write ({exc.strerror})") from None
+    merged = (
+        f", {slices.nr_input_slices} slices merged per class in windows of "
+        f"{slices.window_ns / 1000:g} us"
+        if slices.window_ns
+        else ""
+    )
+    print(
+        f"wrote {args.output}: {nr_events} slices{merged}; modelled total "
+        f"{slices.total_ns / 1e6:.3f} ms for {trace.name} on {args.runtime} "
+        f"({args.deployment})"
+    )
+    return 0

@@ -25,7 +25,9 @@ def convert(value: float, unit: str, canonical: str) -> float:
     factors = UNITS[canonical]
     if unit not in factors:
         accepted = ", ".join(repr(u) for u in factors if u)
-        raise ValueError(f"unit {unit!r} is not a {canonical} unit; use one of {accepted}")
+        raise ValueError(
+            f"unit {unit!r} is not a {canonical} unit; use one of {accepted}"
+        )
     return value * factors[unit]
 
 
@@ -33,5 +35,7 @@ def parse_quantity(text: str) -> tuple[float, str]:
     """Split a string such as ``"0.46 us"`` into its number and unit."""
     match = _QUANTITY.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a number followed by a unit, such as '0.46 us'")
+        raise ValueError(
+            f"{text!r} is not a number followed by a unit, such as '0.46 us'"
+        )
     return float(match.group(1)), match.group(2)
