@@ -83,6 +83,8 @@ class CaptureOptions:
     name: str | None = None
     workload_kind: str = "agent"
     operations: int | None = None
+    # File holding the operation count, read after the command exits.
+    operations_from: Path | None = None
     operation_unit: str | None = None
     recreate: str | None = None
     buffer_kb: int = DEFAULT_BUFFER_KB
@@ -195,13 +197,20 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
     tables, counters = build_tables(decoded, options.kinds, child.pid, start_ns, end_ns)
     decode_s = time.perf_counter() - t0
     lost_events = _lost_summary(lost, decoded)
+    operations = options.operations
+    if options.operations_from is not None:
+        try:
+            operations = read_operations(options.operations_from)
+        except CaptureError as exc:
+            # The events are still worth keeping; only the count is missing.
+            log.warning("%s; writing the trace without an operation count", exc)
     manifest = Manifest(
         workload=Workload(
             name=options.name or os.path.basename(options.command[0]),
             kind=options.workload_kind,
             command=list(options.command),
-            operations=options.operations,
-            operation_unit=options.operation_unit or ("requests" if options.operations
+            operations=operations,
+            operation_unit=options.operation_unit or ("requests" if operations is not None
                                                       else None),
             recreate=options.recreate,
         ),
@@ -225,6 +234,19 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
     return CaptureResult(trace, exit_status(status), lost_events["total"],
                          end_ns - start_ns, decode_s, decoded.records,
                          forwarder.received)
+
+
+def read_operations(path: Path) -> int:
+    """Read a non-negative integer operation count from ``path``."""
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read the operation count: {exc.strerror}",
+                           hint="the traced command should write it there") from None
+    if not text.isdigit():
+        raise CaptureError(f"{path}: operation count must be a non-negative integer, "
+                           f"found {text[:40]!r}")
+    return int(text)
 
 
 def _lost_summary(lost: dict[str, dict[int, int]], decoded: DecodeResult) -> dict[str, int]:

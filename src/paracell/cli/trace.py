@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operations", type=int, metavar="N",
                         help="operations (for example requests) the command performs, "
                         "stored in the manifest")
+    parser.add_argument("--operations-from", type=Path, metavar="FILE",
+                        help="read the operation count from FILE after the command "
+                        "exits (for benchmarks that report how many requests they made)")
     parser.add_argument("--operation-unit", metavar="UNIT",
                         help="what one operation is (default: requests)")
     parser.add_argument("--recreate", metavar="SCRIPT",
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         workload_kind=args.kind,
         operations=args.operations,
+        operations_from=args.operations_from,
         operation_unit=args.operation_unit,
         recreate=args.recreate,
         buffer_kb=args.buffer_kb,
