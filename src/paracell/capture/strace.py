@@ -42,7 +42,7 @@ _RESUMED = re.compile(r"^<\.\.\. (?P<name>[a-z_][a-z0-9_]*) resumed>(?P<args>.*)
 # The end of a finished call: ") = RET[ rest] <DURATION>"; the greedy match
 # of the arguments before it finds the last such tail on the line.
 _RESULT = re.compile(
-    r"^(?P<args>.*)\)\s+=\s+(?P<ret>-?\d+|0x[0-9a-fA-F]+|\?)(?P<rest>.*?)"
+    r"^(?P<args>.*)\)\s+=\s+(?P<ret>0x[0-9a-fA-F]+|-?\d+|\?)(?P<rest>.*?)"
     r"(?:\s+<(?P<dur>\d+\.\d+|unavailable)>)?\s*$"
 )
 _UNFINISHED = re.compile(r"<unfinished \.\.\.>\)?\s*$")

@@ -37,24 +37,32 @@ FALLBACK_HINT = (
 class TraceFS:
     """Reads and writes files below one tracefs root (or an instance of it).
 
-    In dry-run mode writes are appended to :attr:`writes` and reads return
-    the value in :attr:`dry_files` (or an empty string), so a test can check
-    the exact writes a setup would make.
+    In dry-run mode writes are appended to :attr:`writes` as (path below the
+    top-level root, value) and reads return the value in :attr:`dry_files`
+    (or an empty string), so a test can check the exact writes a setup would
+    make. An instance's dry files fall back to the top level's, as instances
+    have the same layout.
     """
 
     root: Path
     dry_run: bool = False
     writes: list[tuple[str, str]] = field(default_factory=list)
     dry_files: dict[str, str] = field(default_factory=dict)
+    # Path of this accessor below the top-level root ("" or "instances/NAME/").
+    prefix: str = ""
 
     def path(self, rel: str) -> Path:
         return self.root / rel
 
+    def _dry_get(self, rel: str) -> str | None:
+        value = self.dry_files.get(self.prefix + rel)
+        return self.dry_files.get(rel) if value is None else value
+
     def read(self, rel: str) -> str:
         """Return the text of one tracefs file."""
         if self.dry_run:
-            value = self.dry_files.get(rel, "")
-            log.debug("dry read %s -> %r", rel, value[:80])
+            value = self._dry_get(rel) or ""
+            log.debug("dry read %s%s -> %r", self.prefix, rel, value[:80])
             return value
         try:
             value = self.path(rel).read_text()
@@ -63,17 +71,17 @@ class TraceFS:
         log.debug("read %s -> %r", self.path(rel), value[:80])
         return value
 
-    def write(self, rel: str, value: str, append: bool = False) -> None:
-        """Write ``value`` to one tracefs file; ``append`` keeps what is there."""
-        log.debug("%swrite %s <- %r", "dry " if self.dry_run else "", rel, value)
+    def write(self, rel: str, value: str) -> None:
+        """Write ``value`` to one tracefs file with a single write(2)."""
         if self.dry_run:
-            self.writes.append((rel, value))
-            self.dry_files[rel] = value
+            log.debug("dry write %s%s <- %r", self.prefix, rel, value)
+            self.writes.append((self.prefix + rel, value))
+            self.dry_files[self.prefix + rel] = value
             return
-        # tracefs files act on each write(2); one call per value, no buffering.
-        flags = os.O_WRONLY | (os.O_APPEND if append else os.O_TRUNC)
+        log.debug("write %s <- %r", self.path(rel), value)
+        # tracefs files act on each write(2): one call per value, no buffering.
         try:
-            fd = os.open(self.path(rel), flags)
+            fd = os.open(self.path(rel), os.O_WRONLY | os.O_TRUNC)
             try:
                 os.write(fd, value.encode())
             finally:
@@ -85,16 +93,18 @@ class TraceFS:
 
     def exists(self, rel: str) -> bool:
         if self.dry_run:
-            return rel in self.dry_files or any(
-                k.startswith(rel.rstrip("/") + "/") for k in self.dry_files
-            )
+            if self._dry_get(rel) is not None:
+                return True
+            return any(k.startswith((self.prefix + rel.rstrip("/") + "/",
+                                     rel.rstrip("/") + "/")) for k in self.dry_files)
         return self.path(rel).exists()
 
     def mkdir(self, rel: str) -> None:
-        log.debug("%smkdir %s", "dry " if self.dry_run else "", rel)
         if self.dry_run:
-            self.writes.append((rel, "<mkdir>"))
+            log.debug("dry mkdir %s%s", self.prefix, rel)
+            self.writes.append((self.prefix + rel, "<mkdir>"))
             return
+        log.debug("mkdir %s", self.path(rel))
         try:
             self.path(rel).mkdir()
         except OSError as exc:
@@ -103,10 +113,11 @@ class TraceFS:
             ) from None
 
     def rmdir(self, rel: str) -> None:
-        log.debug("%srmdir %s", "dry " if self.dry_run else "", rel)
         if self.dry_run:
-            self.writes.append((rel, "<rmdir>"))
+            log.debug("dry rmdir %s%s", self.prefix, rel)
+            self.writes.append((self.prefix + rel, "<rmdir>"))
             return
+        log.debug("rmdir %s", self.path(rel))
         try:
             self.path(rel).rmdir()
         except OSError as exc:
@@ -116,9 +127,10 @@ class TraceFS:
 
     def listdir(self, rel: str) -> list[str]:
         if self.dry_run:
-            prefix = rel.rstrip("/") + "/"
-            names = {k[len(prefix):].split("/")[0] for k in self.dry_files
-                     if k.startswith(prefix)}
+            names = set()
+            for base in {self.prefix + rel.rstrip("/") + "/", rel.rstrip("/") + "/"}:
+                names |= {k[len(base):].split("/")[0] for k in self.dry_files
+                          if k.startswith(base)}
             return sorted(names)
         try:
             return sorted(os.listdir(self.path(rel)))
@@ -127,7 +139,7 @@ class TraceFS:
 
     def open_read(self, rel: str, nonblocking: bool = True) -> int:
         """Open a file for the raw reader; return the descriptor."""
-        log.debug("open %s", rel)
+        log.debug("open %s", self.path(rel))
         flags = os.O_RDONLY | (os.O_NONBLOCK if nonblocking else 0)
         try:
             return os.open(self.path(rel), flags)
@@ -135,18 +147,9 @@ class TraceFS:
             raise CaptureError(f"cannot open {self.path(rel)}: {exc.strerror}") from None
 
     def instance(self, name: str) -> TraceFS:
-        """Return an accessor rooted at ``instances/NAME`` sharing this one's log."""
-        sub = TraceFS(self.root / "instances" / name, self.dry_run, self.writes)
-        if self.dry_run:
-            prefix = f"instances/{name}/"
-            sub.dry_files = {
-                k[len(prefix):]: v for k, v in self.dry_files.items() if k.startswith(prefix)
-            }
-            # Instances share the event formats of the top level.
-            for k, v in self.dry_files.items():
-                if k.startswith("events/") and k not in sub.dry_files:
-                    sub.dry_files[k] = v
-        return sub
+        """Return an accessor rooted at ``instances/NAME``, sharing the dry-run log."""
+        return TraceFS(self.root / "instances" / name, self.dry_run, self.writes,
+                       self.dry_files, f"{self.prefix}instances/{name}/")
 
 
 # --- mounting -----------------------------------------------------------------
