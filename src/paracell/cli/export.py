@@ -1,4 +1,4 @@
-"""`paracell export`: write the modelled timeline of one trace as Chrome trace events."""
+"""`paracell export`: write the modelled timeline of a trace as Chrome trace events."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def merge_windows(
     # Each window starts where its first input slice started.
     window_first = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
     window_start = dict(
-        zip(window[window_first].tolist(), start_ns[window_first].tolist())
+        zip(window[window_first].tolist(), start_ns[window_first].tolist(), strict=True)
     )
     group_first = np.flatnonzero(np.r_[True, out_window[1:] != out_window[:-1]])
     starts = np.empty(dur.size, dtype=np.int64)
