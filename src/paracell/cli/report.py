@@ -1,15 +1,44 @@
-"""Placeholder for `paracell report` until its module is written."""
+"""`paracell report`: write a self-contained HTML report of traces."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from paracell.errors import ParacellError
+from paracell.cli._common import add_profile_argument, add_trace_arguments, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    add_trace_arguments(parser)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="directory to write index.html into (created if missing)",
+    )
+    add_profile_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ParacellError("this subcommand is not built yet")
+    from paracell.cli._common import load_traces
+    from paracell.costs import load_costs
+    from paracell.errors import ParacellError
+    from paracell.reports.html import evaluate_trace, render_report, write_report
+
+    costs = load_costs(args.profile)
+    traces = load_traces(args.traces)
+    sections = [
+        evaluate_trace(trace, costs)
+        for trace in progress_bar(traces, len(traces), "modelling traces", args.quiet)
+    ]
+    page = render_report(sections, costs, args.profile)
+    try:
+        path = write_report(args.out, page)
+    except OSError as exc:
+        raise ParacellError(
+            f"{args.out}: cannot write the report ({exc.strerror})"
+        ) from None
+    size_kib = path.stat().st_size / 1024
+    print(f"wrote {path} ({len(sections)} traces, {size_kib:,.0f} KiB, self-contained)")
+    return 0

@@ -37,7 +37,9 @@ log = logging.getLogger("paracell.reports")
 # the models are specified with, used to check a spec before any cell runs.
 RUNTIMES = ("runc", "runv", "pvm", "paracell", "gvisor")
 POLICIES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
-PLACEMENTS = ("buddy", "llfree", "trace")
+# "default" runs each policy on the guest allocator of its real system
+# (HyperAlloc on LLFree, the others on the buddy allocator).
+PLACEMENTS = ("default", "buddy", "llfree", "trace")
 
 # Completed cells are written to the store in one transaction per batch: at
 # most this many cells, or whatever finished within FLUSH_INTERVAL_S.
@@ -173,14 +175,8 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
         _reject_unknown(path, "memory", memory, {"policies", "placements"})
         spec.policies = _choices(path, "memory.policies", memory, "policies", POLICIES)
         spec.placements = _choices(
-            path, "memory.placements", memory, "placements", PLACEMENTS[:1]
+            path, "memory.placements", memory, "placements", PLACEMENTS, ["default"]
         )
-        for placement in spec.placements:
-            if placement not in PLACEMENTS:
-                raise ResultsError(
-                    f"{path}: field 'memory.placements': unknown value {placement!r}",
-                    hint=f"use one of {', '.join(PLACEMENTS)}",
-                )
     spec.axes = _param_axes(path, document.get("params", []), spec.profile)
     return spec
 
@@ -249,10 +245,15 @@ def _reject_unknown(
 
 
 def _choices(
-    path: Path, where: str, table: Mapping[str, Any], key: str, known: Sequence[str]
+    path: Path,
+    where: str,
+    table: Mapping[str, Any],
+    key: str,
+    known: Sequence[str],
+    default: Sequence[str] | None = None,
 ) -> list[str]:
     if key not in table:
-        return list(known)
+        return list(default if default is not None else known)
     values = table[key]
     if not isinstance(values, list) or not values:
         raise ResultsError(f"{path}: field {where!r} must be a non-empty list")
@@ -507,8 +508,9 @@ def evaluate_cell(cell: Cell) -> dict[str, Any]:
         from paracell.models import memory
 
         assert cell.policy is not None
+        placement = None if cell.placement == "default" else cell.placement
         report = memory.evaluate(
-            trace, costs, policies=[cell.policy], placement=cell.placement
+            trace, costs, policies=[cell.policy], placement=placement
         )
         result = report.to_dict()[cell.policy]
     else:
