@@ -441,6 +441,7 @@ def sweep_id_for(spec: SweepSpec, cells: Sequence[Cell]) -> str:
 _TRACES: dict[str, Any] = {}
 _COSTS: dict[tuple[str | None, tuple[tuple[str, str, float], ...]], Any] = {}
 _EVENTS: dict[str, Any] = {}
+_ALLOCATOR_EVENTS: dict[str, Any] = {}
 
 
 def _cached_trace(cell: Cell) -> Any:
@@ -472,6 +473,19 @@ def _cached_events(cell: Cell, trace: Any) -> Any:
     events = _EVENTS.get(cell.trace_hash)
     if events is None:
         events = _EVENTS[cell.trace_hash] = classify(trace)
+    return events
+
+
+def _cached_allocator_events(cell: Cell, trace: Any) -> Any:
+    # Same reasoning for the memory model's extraction of allocator events.
+    from paracell.models import memory
+
+    extract = getattr(getattr(memory, "AllocatorEvents", None), "from_trace", None)
+    if extract is None:
+        return trace
+    events = _ALLOCATOR_EVENTS.get(cell.trace_hash)
+    if events is None:
+        events = _ALLOCATOR_EVENTS[cell.trace_hash] = extract(trace)
     return events
 
 

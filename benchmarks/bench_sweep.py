@@ -1,0 +1,103 @@
+"""Sweep scaling: throughput of a CPU-bound sweep with 1 and with 2 local workers.
+
+Run: ``.venv/bin/python benchmarks/bench_sweep.py [--repeats N] [TRACE ...]``
+
+The sweep is every memory policy on the shipped traces (or the given ones)
+on two placements: memory cells replay every allocator event through a
+policy, so each takes from a fraction of a second to seconds of CPU.
+Each configuration runs the whole sweep into a fresh results directory
+through ``paracell sweep``. Throughput is measured between the first and
+the last cell written to the store, so starting the worker processes (and
+loading their compiled code) is not counted. The script prints the ratio
+of the two throughputs, measured within one run, and its median over the
+repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from paracell.reports.store import ResultsStore
+
+SPEC = """
+name = "bench-sweep"
+traces = {traces}
+
+[memory]
+placements = ["default", "buddy"]
+"""
+
+
+def _throughput(results: Path) -> tuple[int, float]:
+    """Return the number of cells and cells per second between first and last write."""
+    with ResultsStore(results) as store:
+        _, rows = store.query("SELECT created_at FROM runs WHERE cell_id IS NOT NULL")
+    times = sorted(datetime.datetime.fromisoformat(r[0]) for r in rows)
+    span_s = (times[-1] - times[0]).total_seconds()
+    return len(times), (len(times) - 1) / span_s
+
+
+def _run(spec: Path, results: Path, workers: int) -> tuple[int, float]:
+    command = [
+        sys.executable,
+        "-m",
+        "paracell",
+        "-q",
+        "sweep",
+        str(spec),
+        "--workers",
+        str(workers),
+        "--results",
+        str(results),
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return _throughput(results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("traces", nargs="*", type=Path, help="trace directories")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of each configuration"
+    )
+    args = parser.parse_args()
+    traces = [str(p.resolve()) for p in args.traces] or ["shipped"]
+    ratios = []
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        spec = Path(tmp) / "spec.toml"
+        spec.write_text(SPEC.format(traces=repr(traces).replace("'", '"')))
+        # One untimed run fills numba's on-disk cache of the memory model, so
+        # no timed run pays for compiling it.
+        _run(spec, Path(tmp) / "warm-up", 2)
+        for repeat in range(args.repeats):
+            # Alternate which configuration goes first, so a slow drift of
+            # the machine's other load does not favour one of them.
+            order = (1, 2) if repeat % 2 == 0 else (2, 1)
+            rates = {}
+            for workers in order:
+                nr_cells, rates[workers] = _run(
+                    spec, Path(tmp) / f"w{workers}-{repeat}", workers
+                )
+            ratios.append(rates[2] / rates[1])
+            load_1min = os.getloadavg()[0]
+            print(
+                f"run {repeat + 1}: {nr_cells} cells, 1 worker {rates[1]:.2f} cells/s, "
+                f"2 workers {rates[2]:.2f} cells/s, ratio {ratios[-1]:.2f}x "
+                f"(load average {load_1min:.2f})"
+            )
+    print(
+        f"median ratio 2 vs 1 workers: {statistics.median(ratios):.2f}x "
+        "(target >= 1.6x)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
