@@ -249,3 +249,55 @@ def test_results_env_default(
         store.add_run(RunRecord(command="compare", result={"a": 1}))
     assert main(["results", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
+
+
+def test_save_run_records_options_and_overrides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from paracell.cli.results import record_run
+    from paracell.reports.saving import add_save_arguments
+    from paracell.trace import load_trace, shipped_trace_paths
+
+    profile = tmp_path / "profile.toml"
+    profile.write_text('[params.nested]\n"runv.exit" = "9 us"\n')
+    parser = argparse.ArgumentParser()
+    add_save_arguments(parser)
+    parser.add_argument("--profile", type=Path)
+    parser.add_argument("--runtime", action="append")
+    args = parser.parse_args(
+        [
+            "--save",
+            "--results",
+            str(tmp_path),
+            "--profile",
+            str(profile),
+            "--runtime",
+            "pvm",
+        ]
+    )
+    trace = load_trace(shipped_trace_paths()[0])
+    run_id = record_run(args, "latency", trace, {"pvm": {"nested": {"total_ns": 5}}})
+    assert run_id is not None
+    assert run_id in capsys.readouterr().err
+    with ResultsStore(tmp_path) as store:
+        _, rows = store.query(
+            "SELECT params_json, trace_hash, trace_name FROM runs WHERE run_id = ?",
+            (run_id,),
+        )
+    params = json.loads(rows[0][0])
+    assert rows[0][1] == trace.content_hash()
+    assert rows[0][2] == trace.name
+    assert params["options"] == {"profile": str(profile), "runtime": ["pvm"]}
+    assert params["overrides"] == [
+        {
+            "name": "runv.exit",
+            "deployment": "nested",
+            "value": 9000.0,
+            "unit": "ns",
+            "source": "measured",
+        }
+    ]
+    args.save = False
+    assert record_run(args, "latency", trace, {"x": 1}) is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 from paracell.cli._common import add_json_argument, print_json
@@ -33,6 +35,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_json_argument(parser)
     add_results_argument(parser)
+
+
+def record_run(
+    args: argparse.Namespace,
+    command: str,
+    trace: Any | None,
+    result: Mapping[str, Any],
+    params: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Save a result when ``--save`` was given and say so on standard error.
+
+    For the model commands: call once per trace after computing its result.
+    Standard output stays free for ``--json``. Return the run id or None.
+    """
+    from paracell.reports.saving import results_dir, save_run
+
+    run_id = save_run(args, command, trace, params, result)
+    if run_id is not None:
+        where = f" for {trace.name}" if trace is not None else ""
+        print(
+            f"paracell: saved run {run_id}{where} in {results_dir(args)}",
+            file=sys.stderr,
+        )
+    return run_id
 
 
 def run(args: argparse.Namespace) -> int:
