@@ -144,6 +144,7 @@ class Chromium:
             os.dup2(child_in, 3)
             os.dup2(child_out, 4)
 
+        assert self.executable is not None
         command = [
             self.executable,
             *FLAGS,
@@ -151,7 +152,6 @@ class Chromium:
             f"--window-size={self.width},{self.height}",
             "about:blank",
         ]
-        assert self.executable is not None
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

@@ -514,10 +514,10 @@ def evaluate_cell(cell: Cell) -> dict[str, Any]:
         from paracell.models import latency
 
         assert cell.runtime is not None and cell.deployment is not None
-        report = latency.evaluate(
+        latency_report = latency.evaluate(
             _cached_events(cell, trace), costs, [cell.runtime], [cell.deployment]
         )
-        result = report.to_dict()[cell.runtime][cell.deployment]
+        result = latency_report.to_dict()[cell.runtime][cell.deployment]
     elif cell.kind == "memory":
         from paracell.models import memory
 
