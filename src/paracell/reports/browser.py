@@ -59,7 +59,7 @@ def find_chromium() -> str | None:
 
 @dataclass
 class PageLoad:
-    """What a page did while loading: console messages, exceptions and log entries."""
+    """Messages of one page load: console calls, uncaught exceptions and log entries."""
 
     console: list[dict[str, Any]] = field(default_factory=list)
     exceptions: list[dict[str, Any]] = field(default_factory=list)
@@ -217,7 +217,9 @@ class Chromium:
         while b"\0" not in self._buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise BrowserError("chromium did not answer in time")
+                raise BrowserError(
+                    f"chromium sent no reply within {self.timeout_s:g} s"
+                )
             ready, _, _ = select.select([self._read_fd], [], [], remaining)
             if not ready:
                 continue

@@ -131,9 +131,9 @@ def prepare_slices(
     """Return the timeline's slices, merged into windows when there are too many.
 
     ``timeline`` is a :class:`paracell.models.latency.Timeline`. With
-    ``window_ns`` the slices are always merged at that width; without it they
-    are merged only when there are more than ``max_events``, at the smallest
-    power-of-two multiple of a base width that fits.
+    ``window_ns``, the slices are always merged at that width. Without it,
+    they are merged only when there are more than ``max_events``. The width
+    is then the smallest power-of-two multiple of a base width that fits.
     """
     start_ns = np.asarray(timeline.start_ns, dtype=np.int64)
     dur_ns = np.asarray(timeline.dur_ns, dtype=np.int64)

@@ -50,7 +50,7 @@ def binned_max(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return bin start times and the maximum of a step function in each bin.
 
-    ``values[i]`` holds from ``ts_ns[i]`` until the next point; a bin with no
+    ``values[i]`` is the value from ``ts_ns[i]`` until the next point; a bin with no
     point keeps the value reached before it.
     """
     if ts_ns.size == 0:

@@ -33,8 +33,8 @@ from paracell.reports.store import ResultsStore, RunRecord, to_json
 
 log = logging.getLogger("paracell.reports")
 
-# The model modules export these lists when they exist; these are the names
-# the models are specified with, used to check a spec before any cell runs.
+# Names of the runtimes, policies and placements the models accept. A spec is
+# checked against them before any cell runs.
 RUNTIMES = ("runc", "runv", "pvm", "paracell", "gvisor")
 POLICIES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
 # "default" runs each policy on the guest allocator of its real system
@@ -111,7 +111,7 @@ class SweepSpec:
 
 @dataclass
 class SweepSummary:
-    """What a sweep run did: totals, cells found in the store, cells computed now."""
+    """Counts of a sweep run: all cells, cells already stored, cells computed now."""
 
     sweep_id: str
     nr_cells: int
@@ -128,7 +128,7 @@ def read_spec(path: Path) -> SweepSpec:
     except FileNotFoundError:
         raise ResultsError(f"{path}: sweep specification not found") from None
     except OSError as exc:
-        raise ResultsError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ResultsError(f"{path}: failed to read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ResultsError(f"{path}: invalid TOML ({exc})") from None
     return parse_spec(document, path)
@@ -698,7 +698,7 @@ def _run_dask(
         by_key = {}
         futures = []
         for cell in cells:
-            # The key names the cell, so a cluster that still holds a result
+            # The key names the cell, so a cluster that still has the result
             # from an earlier connection of this sweep does not run it twice.
             future = client.submit(
                 evaluate_cell, cell, key=f"paracell-cell-{cell.cell_id}"
