@@ -54,25 +54,22 @@ def _event_overheads(
     per_event = path_costs(costs, runtime, deployment)
     parts = []
     for cls in CLASSES:
-        ev = events.classes.get(cls)
-        if ev is None or len(ev) == 0:
+        class_events = events.classes.get(cls)
+        if class_events is None or class_events.ts_ns.size == 0:
             continue
         table = np.array([per_event[cls][s] for s in SUBGROUPS[cls]])
         if not table.any():
             continue
-        cost = table[ev.sub] if ev.sub is not None else np.full(len(ev), table[0])
-        if ev.amount is not None:
-            cost = cost * ev.amount
-        if ev.weight is not None:
-            cost = cost * ev.weight
+        ts, cpu, tid, sub, amount, weight = class_events.select()
+        cost = table[sub] * amount * weight
         keep = cost > 0
         parts.append(
             (
-                ev.ts_ns[keep].astype(np.int64),
+                ts[keep].astype(np.int64),
                 cost[keep],
                 np.full(int(keep.sum()), SLICE_CLASSES.index(cls), dtype=np.int16),
-                ev.cpu[keep].astype(np.int32),
-                ev.tid[keep].astype(np.int32),
+                cpu[keep].astype(np.int32),
+                tid[keep].astype(np.int32),
             )
         )
     if not parts:
