@@ -273,5 +273,5 @@ def _print_sensitivity(
             f"{len(movers)} of {len(sens.variations)} settings change a ranking."
         )
     else:
-        console.print(f"No setting of the {len(sens.variations)} changes a ranking.")
+        console.print(f"None of the {len(sens.variations)} settings changes a ranking.")
     console.print()
