@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from paracell.capture.syscall_table import SYSCALL_NR
 from paracell.trace.schema import MAX_SYSCALL_NR
 
 # Group ids stored in SYSCALL_GROUP. PLAIN calls pay only the transition.
@@ -24,59 +25,48 @@ IO_INPUT = 7  # transfers from a device: successful when ret > 0
 IO_SYNC = 8  # flushes towards a device: successful when ret == 0
 TIMER = 9  # calls that arm a timer
 
-# x86-64 numbers from arch/x86/entry/syscalls/syscall_64.tbl (LNX).
-GROUP_MEMBERS: dict[int, dict[str, int]] = {
-    CLONE: {"clone": 56, "clone3": 435},
-    FORK: {"fork": 57},
-    EXEC: {"execve": 59, "execveat": 322},
-    EXIT_GROUP: {"exit_group": 231},
+# Members of each group by name; numbers come from the project's x86-64
+# system-call table.
+GROUP_MEMBERS: dict[int, tuple[str, ...]] = {
+    CLONE: ("clone", "clone3"),
+    FORK: ("fork",),
+    EXEC: ("execve", "execveat"),
+    EXIT_GROUP: ("exit_group",),
     # madvise is here because MADV_DONTNEED and MADV_FREE zap entries like munmap.
-    PT_UPDATE: {
-        "mmap": 9,
-        "mprotect": 10,
-        "munmap": 11,
-        "brk": 12,
-        "mremap": 25,
-        "madvise": 28,
-    },
-    IO_OUTPUT: {
-        "write": 1,
-        "pwrite64": 18,
-        "writev": 20,
-        "sendfile": 40,
-        "sendto": 44,
-        "sendmsg": 46,
-        "io_submit": 209,
-        "splice": 275,
-        "pwritev": 296,
-        "sendmmsg": 307,
-        "pwritev2": 328,
-        "io_uring_enter": 426,
-    },
-    IO_INPUT: {
-        "read": 0,
-        "pread64": 17,
-        "readv": 19,
-        "recvfrom": 45,
-        "recvmsg": 47,
-        "preadv": 295,
-        "recvmmsg": 299,
-        "preadv2": 327,
-    },
-    IO_SYNC: {
-        "fsync": 74,
-        "fdatasync": 75,
-        "sync_file_range": 277,
-        "syncfs": 306,
-    },
-    TIMER: {
-        "nanosleep": 35,
-        "alarm": 37,
-        "setitimer": 38,
-        "timer_settime": 223,
-        "clock_nanosleep": 230,
-        "timerfd_settime": 286,
-    },
+    PT_UPDATE: ("mmap", "mprotect", "munmap", "brk", "mremap", "madvise"),
+    IO_OUTPUT: (
+        "write",
+        "pwrite64",
+        "writev",
+        "sendfile",
+        "sendto",
+        "sendmsg",
+        "io_submit",
+        "splice",
+        "pwritev",
+        "sendmmsg",
+        "pwritev2",
+        "io_uring_enter",
+    ),
+    IO_INPUT: (
+        "read",
+        "pread64",
+        "readv",
+        "recvfrom",
+        "recvmsg",
+        "preadv",
+        "recvmmsg",
+        "preadv2",
+    ),
+    IO_SYNC: ("fsync", "fdatasync", "sync_file_range", "syncfs"),
+    TIMER: (
+        "nanosleep",
+        "alarm",
+        "setitimer",
+        "timer_settime",
+        "clock_nanosleep",
+        "timerfd_settime",
+    ),
 }
 
 # exit(2) ends one thread and leaves the address space to the others, and
@@ -84,9 +74,9 @@ GROUP_MEMBERS: dict[int, dict[str, int]] = {
 # neither does page-table work and both stay PLAIN.
 
 SYSCALL_GROUP = np.zeros(MAX_SYSCALL_NR + 1, dtype=np.int8)
-for _group, _members in GROUP_MEMBERS.items():
-    for _nr in _members.values():
-        SYSCALL_GROUP[_nr] = _group
+for _group, _names in GROUP_MEMBERS.items():
+    for _name in _names:
+        SYSCALL_GROUP[SYSCALL_NR[_name]] = _group
 
 # CLONE_VM from include/uapi/linux/sched.h: the child shares the address space.
 CLONE_VM = 0x100
