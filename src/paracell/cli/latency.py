@@ -14,7 +14,9 @@ from paracell.cli._common import (
     print_json,
     progress_bar,
 )
+from paracell.cli.results import record_run
 from paracell.costs import DEPLOYMENTS
+from paracell.reports.saving import add_save_arguments
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_profile_argument(parser)
     add_json_argument(parser)
+    add_save_arguments(parser)
     parser.add_argument(
         "--sensitivity",
         action="store_true",
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             if args.sensitivity
             else None
         )
+        record_run(args, "latency", trace, report.to_dict())
         if console is None:
             document: dict[str, Any] = {
                 "trace": report.trace_name,
