@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from paracell.errors import ResultsError
+from paracell.trace import shipped_trace_paths
 from paracell.reports.store import ResultsStore, to_json
 from paracell.reports.sweep import (
     Cell,
@@ -345,3 +346,12 @@ def test_cell_describe_names_axes() -> None:
         "deployment": "nested",
         "values": [["runv.exit", "nested", 5000.0]],
     }
+
+
+def test_empty_latency_table_selects_model_runtimes(tmp_path: Path) -> None:
+    from paracell.models import latency
+
+    spec = read_spec(_write_spec(tmp_path, "[latency]\n"))
+    assert spec.runtimes == list(latency.RUNTIMES)
+    assert spec.deployments == ["bare-metal", "nested"]
+    assert spec.trace_paths == [p.resolve() for p in shipped_trace_paths()]

@@ -33,9 +33,10 @@ from paracell.reports.store import ResultsStore, RunRecord, to_json
 
 log = logging.getLogger("paracell.reports")
 
-# Names of the runtimes, policies and placements the models accept. A spec is
-# checked against them before any cell runs.
-RUNTIMES = ("runc", "runv", "pvm", "paracell", "gvisor")
+# Names of the runtimes and policies the models are specified with. A spec is
+# checked before any cell runs, against the lists the model modules export
+# (see _model_choices) or these when a model module is not installed.
+RUNTIMES = ("runc", "runv", "pvm", "paracell")
 POLICIES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
 # "default" runs each policy on the guest allocator of its real system
 # (HyperAlloc on LLFree, the others on the buddy allocator).
@@ -134,6 +135,24 @@ def read_spec(path: Path) -> SweepSpec:
     return parse_spec(document, path)
 
 
+def _model_choices() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Return the runtimes and policies that the installed models accept."""
+    runtimes, policies = RUNTIMES, POLICIES
+    try:
+        from paracell.models import latency
+
+        runtimes = tuple(latency.RUNTIMES)
+    except ImportError:
+        pass
+    try:
+        from paracell.models import memory
+
+        policies = tuple(memory.ALL)
+    except ImportError:
+        pass
+    return runtimes, policies
+
+
 def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
     """Check a specification already read from TOML; ``path`` locates relative paths."""
     allowed = {"name", "traces", "profile", "latency", "memory", "params"}
@@ -163,17 +182,18 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
             f"{path}: neither [latency] nor [memory] is given",
             hint="add at least one of them; an empty table selects every choice",
         )
+    runtimes, policies = _model_choices()
     if latency is not None:
         _reject_unknown(path, "latency", latency, {"runtimes", "deployments"})
         spec.runtimes = _choices(
-            path, "latency.runtimes", latency, "runtimes", RUNTIMES
+            path, "latency.runtimes", latency, "runtimes", runtimes
         )
         spec.deployments = _choices(
             path, "latency.deployments", latency, "deployments", DEPLOYMENTS
         )
     if memory is not None:
         _reject_unknown(path, "memory", memory, {"policies", "placements"})
-        spec.policies = _choices(path, "memory.policies", memory, "policies", POLICIES)
+        spec.policies = _choices(path, "memory.policies", memory, "policies", policies)
         spec.placements = _choices(
             path, "memory.placements", memory, "placements", PLACEMENTS, ["default"]
         )
