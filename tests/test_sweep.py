@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from paracell.errors import ResultsError
-from paracell.trace import shipped_trace_paths
 from paracell.reports.store import ResultsStore, to_json
 from paracell.reports.sweep import (
     Cell,
@@ -24,6 +23,7 @@ from paracell.reports.sweep import (
     expand_cells,
     read_spec,
 )
+from paracell.trace import shipped_trace_paths
 
 # 4 shipped traces x 4 runtimes x 2 deployments x 7 grid points = 224 cells.
 GRID_SPEC = """
