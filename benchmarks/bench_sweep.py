@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from paracell.reports.store import ResultsStore
@@ -44,7 +46,23 @@ def _throughput(results: Path) -> tuple[int, float]:
     return len(times), (len(times) - 1) / span_s
 
 
-def _run(spec: Path, results: Path, workers: int) -> tuple[int, float]:
+def _run(spec: Path, results: Path, workers: int) -> tuple[int, float, float]:
+    """Run one sweep; return cells, cells per second, and CPU seconds per wall second.
+
+    The CPU time is that of the sweep process and its pool workers (all
+    waited-for descendants), so the last figure is the parallelism the
+    sweep reached: near the number of workers when it had the CPUs to itself.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    nr_cells, rate = _run_sweep(spec, results, workers)
+    wall_s = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return nr_cells, rate, cpu_s / wall_s
+
+
+def _run_sweep(spec: Path, results: Path, workers: int) -> tuple[int, float]:
     command = [
         sys.executable,
         "-m",
@@ -75,22 +93,24 @@ def main() -> int:
         spec.write_text(SPEC.format(traces=repr(traces).replace("'", '"')))
         # One untimed run fills numba's on-disk cache of the memory model, so
         # no timed run pays for compiling it.
-        _run(spec, Path(tmp) / "warm-up", 2)
+        _run_sweep(spec, Path(tmp) / "warm-up", 2)
         for repeat in range(args.repeats):
             # Alternate which configuration goes first, so a slow drift of
             # the machine's other load does not favour one of them.
             order = (1, 2) if repeat % 2 == 0 else (2, 1)
             rates = {}
+            parallelism = {}
             for workers in order:
-                nr_cells, rates[workers] = _run(
+                nr_cells, rates[workers], parallelism[workers] = _run(
                     spec, Path(tmp) / f"w{workers}-{repeat}", workers
                 )
             ratios.append(rates[2] / rates[1])
             load_1min = os.getloadavg()[0]
             print(
                 f"run {repeat + 1}: {nr_cells} cells, 1 worker {rates[1]:.2f} cells/s, "
-                f"2 workers {rates[2]:.2f} cells/s, ratio {ratios[-1]:.2f}x "
-                f"(load average {load_1min:.2f})"
+                f"2 workers {rates[2]:.2f} cells/s, ratio {ratios[-1]:.2f}x; "
+                f"CPU/wall {parallelism[1]:.2f} and {parallelism[2]:.2f}; "
+                f"load average {load_1min:.2f}"
             )
     print(
         f"median ratio 2 vs 1 workers: {statistics.median(ratios):.2f}x "
