@@ -316,7 +316,7 @@ def _claims_part(section: TraceSection) -> str:
     )
     return (
         "<table><tr><th>claim (PC26)</th><th>published</th><th>modelled on this trace"
-        "</th><th>why they differ</th></tr>" + rows + "</table>"
+        "</th><th>explanation</th></tr>" + rows + "</table>"
     )
 
 
@@ -339,7 +339,7 @@ def _parameters_part(costs: CostTable) -> str:
         )
         detail = param.description
         if param.reasoning:
-            detail += f" Why: {param.reasoning}"
+            detail = f"{detail.rstrip('.')}. Why: {param.reasoning}"
         if param.note:
             detail += f" ({param.note})"
         rows.append(
