@@ -59,11 +59,18 @@ def _png_size(data: bytes) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Build the report of the shipped traces through the CLI once for all tests."""
+    from paracell.models import memory
+
     out = tmp_path_factory.mktemp("report")
     assert main(["report", "--out", str(out)]) == 0
-    costs = default_costs()
-    sections = [evaluate_trace(load_trace(p), costs) for p in shipped_trace_paths()]
-    return {"path": out / "index.html", "expected_plots": plot_names(sections)}
+    # Every shipped trace has allocator events, so each gets every plot, in
+    # page order: the policies' footprints, the savings matrix, the latency.
+    per_trace = [f"footprint-{policy}" for policy in memory.ALL] + [
+        "savings",
+        "latency",
+    ]
+    expected = per_trace * len(shipped_trace_paths())
+    return {"path": out / "index.html", "expected_plots": expected}
 
 
 def test_report_is_self_contained(report: dict[str, Any]) -> None:
@@ -127,6 +134,7 @@ def test_report_trace_without_allocator_events(tmp_path: Path) -> None:
     section = evaluate_trace(trace, default_costs())
     page = render_report([section], default_costs())
     assert "Memory model not run" in page
+    assert plot_names([section]) == ["latency"]
     path = write_report(tmp_path / "out", page)
     assert path.read_text() == page
 
