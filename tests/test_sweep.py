@@ -372,3 +372,32 @@ def test_empty_latency_table_selects_model_runtimes(tmp_path: Path) -> None:
     assert spec.runtimes == list(latency.RUNTIMES)
     assert spec.deployments == ["bare-metal", "nested"]
     assert spec.trace_paths == [p.resolve() for p in shipped_trace_paths()]
+
+
+def test_rejected_cells_do_not_stop_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from paracell.cli import main
+    from paracell.trace.builder import TraceBuilder
+
+    builder = TraceBuilder(name="no-allocator-events")
+    for i in range(20):
+        builder.syscall(ts_ns=1_000 * (i + 1), nr=39)
+    builder.write(tmp_path / "bare")
+    redis = next(p for p in shipped_trace_paths() if p.name == "redis")
+    spec = _write_spec(
+        tmp_path,
+        f'traces = ["bare", "{redis}"]\n[memory]\npolicies = ["pager", "fpr"]\n',
+    )
+    results = tmp_path / "results"
+    argv = ["sweep", str(spec), "--results", str(results), "--workers", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 of 4 cells failed" in err
+    assert "no-allocator-events" in err
+    assert "Traceback" not in err
+    stored = _stored_cells(results)
+    assert len(stored) == 2
+    # A rerun tries only the failed cells again.
+    assert main(argv) == 2
+    assert "2 of 2 cells failed" in capsys.readouterr().err

@@ -137,7 +137,8 @@ def read_spec(path: Path) -> SweepSpec:
 
 def _model_choices() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Return the runtimes and policies that the installed models accept."""
-    runtimes, policies = RUNTIMES, POLICIES
+    runtimes: tuple[str, ...] = RUNTIMES
+    policies: tuple[str, ...] = POLICIES
     try:
         from paracell.models import latency
 
@@ -593,7 +594,7 @@ def run_sweep(
         len(all_cells) - len(todo),
         len(todo),
     )
-    finished: Iterator[tuple[Cell, dict[str, Any]]]
+    finished: Iterator[tuple[Cell, dict[str, Any] | None, str | None]]
     if not todo:
         finished = iter(())
     elif scheduler:
@@ -602,10 +603,17 @@ def run_sweep(
         finished = _run_local(todo, workers)
     pending = _Pending()
     nr_computed = 0
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any] | None] = {}
+    failures: list[str] = []
 
     def finished_cells() -> Iterator[Cell]:
-        for cell, result in finished:
+        for cell, result, error in finished:
+            if error is not None:
+                # A model that rejects one cell's input should not stop the
+                # other cells; the failed cell is not stored, so a rerun
+                # tries it again.
+                log.error("cell %s (%s): %s", cell.cell_id[:12], cell.describe(), error)
+                failures.append(f"{cell.describe()}: {error}")
             results[cell.cell_id] = result
             yield cell
 
@@ -614,7 +622,10 @@ def run_sweep(
         iterator = progress(iterator, len(todo))
     try:
         for cell in iterator:
-            pending.records.append(_record(sweep_id, cell, results.pop(cell.cell_id)))
+            result = results.pop(cell.cell_id)
+            if result is None:
+                continue
+            pending.records.append(_record(sweep_id, cell, result))
             nr_computed += 1
             if (
                 len(pending.records) >= FLUSH_BATCH
@@ -627,6 +638,12 @@ def run_sweep(
         close = getattr(finished, "close", None)
         if close is not None:
             close()
+    if failures:
+        raise ResultsError(
+            f"{len(failures)} of {len(todo)} cells failed, for example {failures[0]}",
+            hint=f"the other {nr_computed} computed cells are stored; fix the cause "
+            "and run the sweep again to compute the failed ones",
+        )
     return SweepSummary(
         sweep_id=sweep_id,
         nr_cells=len(all_cells),
@@ -671,7 +688,7 @@ def _init_pool_worker(parent_pid: int) -> None:
 
 def _run_local(
     cells: Sequence[Cell], workers: int | None
-) -> Iterator[tuple[Cell, dict[str, Any]]]:
+) -> Iterator[tuple[Cell, dict[str, Any] | None, str | None]]:
     import concurrent.futures
     import multiprocessing
 
@@ -690,7 +707,7 @@ def _run_local(
         futures = {pool.submit(evaluate_cell, cell): cell for cell in cells}
         for future in concurrent.futures.as_completed(futures):
             cell = futures[future]
-            yield cell, _result_or_raise(cell, future.result)
+            yield (cell, *_result_or_error(future.result))
     except BaseException:
         # Interrupted or failed: stop the running cells now instead of
         # waiting for them. NOTE: ProcessPoolExecutor has no public way to
@@ -704,7 +721,7 @@ def _run_local(
 
 def _run_dask(
     cells: Sequence[Cell], address: str
-) -> Iterator[tuple[Cell, dict[str, Any]]]:
+) -> Iterator[tuple[Cell, dict[str, Any] | None, str | None]]:
     from distributed import Client, as_completed
 
     try:
@@ -727,20 +744,23 @@ def _run_dask(
             futures.append(future)
         for future in as_completed(futures, loop=client.loop):
             cell = by_key[future.key]
-            yield cell, _result_or_raise(cell, future.result)
+            yield (cell, *_result_or_error(future.result))
             future.release()
     finally:
         client.close()
 
 
-def _result_or_raise(cell: Cell, get: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    try:
-        return get()
-    except ResultsError:
-        raise
-    except Exception as exc:
-        from paracell.errors import ParacellError
+def _result_or_error(
+    get: Callable[[], dict[str, Any]],
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Return (result, None), or (None, message) when the model rejected the cell.
 
-        if isinstance(exc, ParacellError):
-            raise ResultsError(f"cell {cell.describe()}: {exc}") from None
-        raise
+    Only the library's typed errors count as a rejected cell; any other
+    exception is a bug and propagates with its traceback.
+    """
+    from paracell.errors import ParacellError
+
+    try:
+        return get(), None
+    except ParacellError as exc:
+        return None, str(exc)
