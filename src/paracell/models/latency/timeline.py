@@ -53,23 +53,23 @@ def _event_overheads(
     """Return (ts_ns, overhead_ns, class_id, cpu, tid) of every event with overhead."""
     per_event = path_costs(costs, runtime, deployment)
     parts = []
+    by_class = events.class_events()
     for cls in CLASSES:
-        class_events = events.classes.get(cls)
-        if class_events is None or class_events.ts_ns.size == 0:
+        class_events = by_class.get(cls)
+        if class_events is None or len(class_events) == 0:
             continue
         table = np.array([per_event[cls][s] for s in SUBGROUPS[cls]])
         if not table.any():
             continue
-        ts, cpu, tid, sub, amount, weight = class_events.select()
-        cost = table[sub] * amount * weight
+        cost = table[class_events.sub] * class_events.amount * class_events.weight
         keep = cost > 0
         parts.append(
             (
-                ts[keep].astype(np.int64),
+                class_events.ts_ns[keep].astype(np.int64),
                 cost[keep],
                 np.full(int(keep.sum()), SLICE_CLASSES.index(cls), dtype=np.int16),
-                cpu[keep].astype(np.int32),
-                tid[keep].astype(np.int32),
+                class_events.cpu[keep].astype(np.int32),
+                class_events.tid[keep].astype(np.int32),
             )
         )
     if not parts:
