@@ -41,9 +41,11 @@ log = logging.getLogger("paracell.models.latency")
 _TID_LIMIT = 2**22 + 1
 
 # Allocations whose page frames span at most this many frames (256 GiB of
-# 4 KiB pages) are tracked in a byte map of that many bytes; wider spreads
-# fall back to sorting.
+# 4 KiB pages), and at most _BYTE_MAP_DENSITY frames per allocated page, are
+# tracked in a byte map with one byte per frame of the span; sparser or wider
+# spreads are sorted instead, which costs O(pages log pages), not O(span).
 _BYTE_MAP_LIMIT = 2**26
+_BYTE_MAP_DENSITY = 8
 
 # Sub-group index of each extra system-call path, aligned with SUBGROUPS.
 _PT = {name: i for i, name in enumerate(SUBGROUPS["pt_syscall"])}
@@ -161,8 +163,14 @@ def first_touched_pages(trace: Trace) -> np.ndarray:
     order = trace.column("mm_page_alloc", "order")
     low = int(pfn.min())
     span = int(pfn.max()) - low + (1 << int(order.max()))
-    if span <= _BYTE_MAP_LIMIT:
+    nr_pages = int(np.left_shift(1, order.astype(np.int64)).sum())
+    if span <= min(_BYTE_MAP_LIMIT, _BYTE_MAP_DENSITY * nr_pages):
         return kernels.first_touches(pfn, order, np.uint64(low), span)
+    return _first_touches_by_sorting(pfn, order)
+
+
+def _first_touches_by_sorting(pfn: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Return what :func:`first_touched_pages` returns, by sorting the page frames."""
     owner: np.ndarray | None = None
     if order.any():
         nr_pages = np.left_shift(1, order.astype(np.int64))
