@@ -431,7 +431,7 @@ LATENCY_PARAMS: list[Param] = [
         unit="ns",
         source="estimate",
         low=0.0,
-        high=250.0,
+        high=230.0,
         description="extra time to route a system call to the entry gate",
         reasoning="how ParaCell routes system calls is not public; a C library "
         "that calls the gate directly adds nothing, while a host that catches "
