@@ -57,9 +57,9 @@ def syscall_totals(
     """Add each call's extra-path code to ``counts``/``weighted`` (index 0: no path).
 
     ``counts[-1]`` and ``weighted[-1]`` receive every call (the transition
-    path). Clone calls that succeeded are left out and their rows written to
-    ``clone_rows``, because whether they copied the address space needs the
-    clone flags; the number of such rows is returned.
+    path). Successful clone calls are left out, because only the clone flags
+    tell whether they copied the address space. Their rows go to
+    ``clone_rows`` and their number is returned.
     """
     level = np.searchsorted(step_ts_ns, ts_ns[0], side="right") if ts_ns.size else 0
     nr_steps = step_ts_ns.size

@@ -40,9 +40,9 @@ log = logging.getLogger("paracell.models.latency")
 # array maps a thread to its thread-group id in one indexing step.
 _TID_LIMIT = 2**22 + 1
 
-# Allocations whose page frames span at most this many frames (256 GiB of
-# 4 KiB pages), and at most _BYTE_MAP_DENSITY frames per allocated page, are
-# tracked in a byte map with one byte per frame of the span; sparser or wider
+# Allocations are tracked in a byte map with one byte per frame of their span
+# when the span is at most _BYTE_MAP_LIMIT frames (256 GiB of 4 KiB pages) and
+# at most _BYTE_MAP_DENSITY frames per allocated page. Sparser or wider
 # spreads are sorted instead, which costs O(pages log pages), not O(span).
 _BYTE_MAP_LIMIT = 2**26
 _BYTE_MAP_DENSITY = 8
@@ -104,9 +104,9 @@ class ClassEvents:
 class TraceEvents:
     """A classified trace: native time and per-class sums of its events.
 
-    ``counts[class][subgroup]`` is how often a path is taken (pages for the
-    page classes); ``weighted`` is the same sum with each event weighted by
-    1/k (see the module docstring).
+    ``counts[class][subgroup]`` is how often a path is taken, in pages for the
+    page classes. ``weighted`` is the same sum with each event weighted by
+    1/k, as the module docstring explains.
     """
 
     name: str
@@ -128,9 +128,9 @@ class TraceEvents:
     def scale_pages(self, event_class: str, nr_pages: int) -> None:
         """Replace the page count of a page class, keeping its mean weight.
 
-        The memory model can supply a count for a modelled guest (its
-        ``static`` policy's secondary faults, or the Pager's binds); the
-        pages keep the trace's mean concurrency weight of allocations.
+        The memory model can supply a count for a modelled guest, such as its
+        ``static`` policy's secondary faults or the Pager's binds. The pages
+        keep the trace's mean concurrency weight of allocations.
         """
         if nr_pages < 0:
             raise ValueError(f"page count must not be negative, not {nr_pages}")
@@ -196,7 +196,7 @@ def _first_occurrences(values: np.ndarray) -> np.ndarray:
     if span > (2**62) // n:
         return np.unique(values, return_index=True)[1]
     # NOTE: packing (value, index) into one int64 lets a plain sort, which
-    # numpy vectorises, stand in for the stable argsort of np.unique; it is
+    # numpy vectorises, stand in for the stable argsort of np.unique. That is
     # several times faster on a million allocations.
     key = (values - low).astype(np.int64) * n + np.arange(n, dtype=np.int64)
     key.sort()
@@ -232,7 +232,7 @@ class _Concurrency:
     def weights(self, ts_ns: np.ndarray) -> np.ndarray:
         """Return 1 / max(1, busy CPUs) at each of the sorted times ``ts_ns``.
 
-        An event at the time of a step already sees the new level.
+        An event at the time of a step gets the level after the step.
         """
         if ts_ns.size == 0:
             return np.zeros(0)
@@ -311,7 +311,7 @@ def _classify_sched(trace: Trace, tgid_of: np.ndarray) -> _SchedEvents:
         switch_rows = np.sort(in_rows[changed])
 
     # Concurrency: a CPU is busy from a switch to a traced task until a
-    # switch away from it; before its first switch it runs that switch's prev.
+    # switch away from it. Before its first switch it runs that switch's prev.
     state = (next_tgid >= 0).astype(np.int64)
     grouped_state = state[order]
     old_state = np.empty_like(grouped_state)

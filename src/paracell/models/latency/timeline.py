@@ -1,9 +1,9 @@
 """A modelled timeline: native time cut at every event that adds overhead.
 
 The timeline is one modelled clock, not one track per CPU. It starts at the
-trace's ``start_ts_ns``; native time runs as in the trace, and at each event
-with overhead the clock stops for the event's share of the stretch (its
-overhead divided by the number of busy CPUs, as in the totals). Slice
+trace's ``start_ts_ns``, and native time runs as in the trace. At each event
+with overhead the clock stops for the event's share of the stretch, which is
+its overhead divided by the number of busy CPUs, as in the totals. Slice
 durations are whole nanoseconds and sum to the report's ``total_ns``.
 """
 
@@ -93,8 +93,8 @@ def _whole_ns(cost: np.ndarray, target_ns: int) -> np.ndarray:
     """Round per-event costs to whole ns whose sum is exactly ``target_ns``.
 
     Rounding the running sum instead of each cost keeps sub-nanosecond
-    overheads from vanishing; the last few tenths of a ns of float error are
-    absorbed by the largest slice.
+    overheads from vanishing. The largest slice absorbs the last fraction of
+    a ns of float error.
     """
     if cost.size == 0:
         return cost.astype(np.int64)
