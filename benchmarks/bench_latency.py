@@ -1,10 +1,10 @@
 """Latency model speed: trace events per second per runtime-deployment pair.
 
-Tiles the largest shipped trace 1, 4 and 16 times (each copy shifted past
-the end of the previous one in time, and to fresh page frames so first
-touches grow with it), pins the process to one CPU and times
-``evaluate(trace, costs, [runtime], [deployment])``: the classification of
-the trace plus the costs of one pair. Tables are read and validated before
+Tiles the largest shipped trace 1, 4 and 16 times. Each copy starts after
+the end of the previous one and uses fresh page frames, so first touches
+grow with the copies. The script pins itself to one CPU and times
+``evaluate(trace, costs, [runtime], [deployment])``, which classifies the
+trace and costs one pair. Tables are read and validated before
 timing. Each figure is the median of several runs after a warm-up run; the
 first (cold) run is printed too, because it compiles or loads the numba
 loops and fresh memory is slow to fault in on these PVM guests. The machines
@@ -53,8 +53,10 @@ def tile(trace: Trace, copies: int, path: Path) -> Trace:
         return trace
     manifest = copy.deepcopy(trace.manifest)
     span_ns = manifest.duration_ns + 1
+
     # Each copy moves to page frames above the previous copy's, so the
-    # distinct frames (first touches) grow with the copies.
+    # distinct frames (first touches) grow with the copies. The extra 1024
+    # frames cover an order-10 block that starts at the highest frame.
     ranges = [
         pc.min_max(trace.table(k).column("pfn")).as_py()
         for k in PFN_KINDS
@@ -65,6 +67,7 @@ def tile(trace: Trace, copies: int, path: Path) -> Trace:
         if ranges
         else 0
     )
+
     tables = {}
     for kind in trace.kinds:
         table = trace.table(kind)
@@ -83,6 +86,7 @@ def tile(trace: Trace, copies: int, path: Path) -> Trace:
                 part = part.set_column(index, "pfn", shifted)
             parts.append(part)
         tables[kind] = pa.concat_tables(parts)
+
     manifest.end_ts_ns = manifest.start_ts_ns + copies * span_ns
     if manifest.workload.operations:
         manifest.workload.operations *= copies
