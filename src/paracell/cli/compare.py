@@ -28,7 +28,9 @@ from paracell.cli._common import (
     print_json,
     progress_bar,
 )
+from paracell.cli.results import record_run
 from paracell.errors import ModelError, ParacellError
+from paracell.reports.saving import add_save_arguments
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_trace_arguments(parser)
     add_profile_argument(parser)
     add_json_argument(parser)
+    add_save_arguments(parser)
     parser.add_argument(
         "--out",
         type=Path,
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     documents = []
     for trace in progress_bar(traces, len(traces), "comparing", quiet=args.quiet):
         documents.append(compare_trace(trace, costs))
+        record_run(args, "compare", trace, documents[-1][0])
     document = {
         "tool_version": __version__,
         "modelled": True,
