@@ -301,3 +301,23 @@ def test_save_run_records_options_and_overrides(
     ]
     args.save = False
     assert record_run(args, "latency", trace, {"x": 1}) is None
+
+
+@pytest.mark.parametrize("command", ["latency", "compare"])
+def test_model_command_save_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    from paracell.trace import load_trace, shipped_trace_paths
+
+    redis = next(p for p in shipped_trace_paths() if p.name == "redis")
+    argv = [command, str(redis), "--json", "--save", "--results", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    json.loads(captured.out)
+    assert "saved run" in captured.err
+    with ResultsStore(tmp_path) as store:
+        _, rows = store.query("SELECT command, trace_hash, nr_metrics FROM runs")
+    assert len(rows) == 1
+    assert rows[0][0] == command
+    assert rows[0][1] == load_trace(redis).content_hash()
+    assert rows[0][2] > 10
