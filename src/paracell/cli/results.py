@@ -44,7 +44,7 @@ def record_run(
     result: Mapping[str, Any],
     params: Mapping[str, Any] | None = None,
 ) -> str | None:
-    """Save a result when ``--save`` was given and say so on standard error.
+    """Save a result when ``--save`` was given and print its run id on standard error.
 
     For the model commands: call once per trace after computing its result.
     Standard output stays free for ``--json``. Return the run id or None.
@@ -94,12 +94,14 @@ def _show(store: Any, prefix: str, as_json: bool) -> int:
         raise ResultsError(
             f"{len(rows)} run ids start with {prefix!r}", hint="give more digits"
         )
+
     document = dict(zip(columns, rows[0], strict=True))
     document["params"] = json.loads(document.pop("params_json"))
     document["result"] = json.loads(document.pop("result_json"))
     if as_json:
         print_json(document)
         return 0
+
     for key in (
         "run_id",
         "created_at",

@@ -153,6 +153,7 @@ def _memory_part(section: TraceSection) -> str:
             for run in report.runs.values()
         ),
     )
+
     figures = []
     for policy in policies:
         run = report.runs[policy]
@@ -176,6 +177,7 @@ def _memory_part(section: TraceSection) -> str:
                 f"over 1/{plots.MAX_PLOT_POINTS} of the trace.",
             )
         )
+
     rows = []
     for policy in policies:
         entry = document[policy]
@@ -194,6 +196,7 @@ def _memory_part(section: TraceSection) -> str:
         "<th>peak MiB</th><th>GiB&#215;s</th><th>waste %</th><th>secondary faults</th>"
         "<th>hypercalls</th><th>time overhead ms</th></tr>" + "".join(rows) + "</table>"
     )
+
     savings = document["savings"]
     matrix = _img(
         plots.savings_png(savings, policies),

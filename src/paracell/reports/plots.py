@@ -86,6 +86,7 @@ def footprint_png(
     t_alloc, alloc = binned_max(
         ts_ns, np.asarray(timeline.allocated_bytes), start_ns, end_ns, MAX_PLOT_POINTS
     )
+
     figure = _figure(5.2, 2.6)
     axes = figure.add_subplot()
     axes.fill_between(
@@ -111,6 +112,7 @@ def footprint_png(
         linewidth=1,
         label="allocated by the guest",
     )
+
     axes.set_title(
         f"{POLICY_LABELS.get(policy, policy)}: mean {mean_bytes / MIB:.1f} MiB",
         fontsize=10,

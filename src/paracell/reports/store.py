@@ -2,15 +2,17 @@
 
 Each saved run is one row of ``runs``: command, trace name and content
 hash, parameters, tool version, time and the full result as JSON. Each
-numeric leaf of the result is also one row of ``metrics``, so results can be
-compared with plain SQL. A run and its metrics are written in one transaction: a
-writer killed at any point leaves either the whole run or nothing.
+numeric leaf of the result is also one row of ``metrics``, so results can
+be compared with plain SQL. A run and its metrics are written in one
+transaction, so a writer killed at any point leaves either the whole run
+or nothing.
 
 SQLite rather than DuckDB: DuckDB 1.x lets only one process open a database
-file while any process writes to it (a second process, even read-only, gets
-"Could not set lock"), so ``paracell results`` could not read during a sweep
-and two ``--save`` runs at once would fail. SQLite in WAL mode lets readers
-run beside one writer and queues writers on its file lock (``busy_timeout``).
+file while any process writes to it. A second process, even a read-only
+one, gets "Could not set lock". So ``paracell results`` could not read
+during a sweep, and two ``--save`` runs at once would fail. SQLite in WAL
+mode lets readers run beside one writer and queues writers on its file lock
+(``busy_timeout``).
 """
 
 from __future__ import annotations

@@ -171,11 +171,13 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
         profile=None,
         document=dict(document),
     )
+
     profile = document.get("profile")
     if profile is not None:
         spec.profile = (base / _string(path, "profile", profile)).resolve()
         if not spec.profile.is_file():
             raise ResultsError(f"{path}: field 'profile': {spec.profile} not found")
+
     latency = _table(path, "latency", document.get("latency"))
     memory = _table(path, "memory", document.get("memory"))
     if latency is None and memory is None:
@@ -183,6 +185,7 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
             f"{path}: neither [latency] nor [memory] is given",
             hint="add at least one of them; an empty table selects every choice",
         )
+
     runtimes, policies = _model_choices()
     if latency is not None:
         _reject_unknown(path, "latency", latency, {"runtimes", "deployments"})
@@ -198,6 +201,7 @@ def parse_spec(document: Mapping[str, Any], path: Path) -> SweepSpec:
         spec.placements = _choices(
             path, "memory.placements", memory, "placements", PLACEMENTS, ["default"]
         )
+
     spec.axes = _param_axes(path, document.get("params", []), spec.profile)
     return spec
 
