@@ -1,4 +1,4 @@
-"""`paracell calibrate`: measure fault, bind, unbind and system-call costs on this host."""
+"""`paracell calibrate`: measure fault, bind, unbind and system-call costs here."""
 
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 3:
         raise ParacellError(f"--repeats {args.repeats} is invalid; give 3 or more")
     if args.output is not None and not args.output.parent.is_dir():
-        raise ParacellError(f"{args.output}: directory {args.output.parent} does not exist")
+        raise ParacellError(
+            f"{args.output}: directory {args.output.parent} does not exist"
+        )
     show = not (args.json or args.quiet) and sys.stderr.isatty()
 
     def progress(step: str) -> None:
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             write_profile(args.output, result.meta(), result.profile_entries())
         except OSError as exc:
-            raise ParacellError(f"{args.output}: cannot write ({exc.strerror})") from None
+            message = f"{args.output}: cannot write ({exc.strerror})"
+            raise ParacellError(message) from None
     if args.json:
         document = result.to_dict()
         document["profile"] = str(args.output) if args.output else None
@@ -87,8 +90,15 @@ def _print(console: Console, result: Calibration, output: Path | None) -> None:
         "thread's CPU time."
     )
     table = Table(title_justify="left")
-    for column in ("measurement", "unit", "median", "p25-p75", "HERE", "vs HERE",
-                   "parameter"):
+    for column in (
+        "measurement",
+        "unit",
+        "median",
+        "p25-p75",
+        "HERE",
+        "vs HERE",
+        "parameter",
+    ):
         justify = "left" if column in ("measurement", "unit", "parameter") else "right"
         table.add_column(column, justify=justify)
     for m in result.measurements:

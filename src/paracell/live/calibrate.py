@@ -24,7 +24,7 @@ from paracell.errors import LiveError
 from paracell.live import executor as ex
 from paracell.live import kernel
 from paracell.live.kernel import HUGE_PAGE_SIZE, PAGE_SIZE
-from paracell.live.region import GuestRegion, signals_raise
+from paracell.live.region import GuestRegion, check_signals, signals_raise
 
 log = logging.getLogger("paracell.live")
 
@@ -223,6 +223,7 @@ class _Calibrator:
         slow_share: list[float] = []
         slow_ns: list[float] = []
         for _ in range(self.repeats):
+            check_signals()
             with GuestRegion(nr_pages) as region:
                 ex.touch_pages_each(region.mem, 0, nr_pages, self.clock, per_page)
                 # Each per-page time includes one clock read; take it out.
@@ -312,6 +313,7 @@ class _Calibrator:
                     self.large_pages if batch == self.large_pages else small_pages
                 )
                 for _ in range(self.repeats):
+                    check_signals()
                     kernel.madvise(region.addr, region.sz_bytes, kernel.MADV_DONTNEED)
                     ns, failed = ex.madvise_batches(
                         region.addr,
@@ -380,6 +382,7 @@ class _Calibrator:
         huge_share = []
         with GuestRegion(nr_pages, huge=True) as region:
             for _ in range(self.repeats):
+                check_signals()
                 kernel.madvise(region.addr, region.sz_bytes, kernel.MADV_DONTNEED)
                 times = [
                     ex.touch_pages(region.mem, f * HUGE_PAGES, 1, self.clock, CPU_CLOCK)

@@ -125,28 +125,48 @@ class LiveTerminated(LiveError):
     exit_status = 143  # 128 + SIGTERM, as a shell reports a process killed by it
 
 
+# Signals received inside signals_raise(), oldest first.
+_pending_signals: list[int] = []
+
+
+def check_signals() -> None:
+    """Raise LiveTerminated if SIGTERM or SIGHUP arrived inside ``signals_raise()``.
+
+    The replay calls this between chunks of operations and while it sleeps.
+    """
+    if _pending_signals:
+        name = signal.Signals(_pending_signals[0]).name
+        raise LiveTerminated(f"stopped by {name}; the memory region is unmapped")
+
+
 @contextmanager
 def signals_raise() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into a LiveTerminated exception inside the block.
 
-    The exception unwinds through the ``finally`` blocks that unmap regions,
-    which the default action (ending the process at once) would skip. Only
-    the main thread can set signal handlers; elsewhere the block runs with
-    the handlers unchanged.
+    The handler only records the signal; ``check_signals()`` raises at the
+    next safe point, and leaving the block raises if no check did. Raising
+    from the handler itself could land inside code that catches every
+    exception (the logging module does, while it writes a record) and be
+    lost. The exception unwinds through the ``finally`` blocks that unmap
+    regions, which the default action (ending the process at once) would
+    skip. Only the main thread can set signal handlers; elsewhere the block
+    runs with the handlers unchanged.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def _raise(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        raise LiveTerminated(f"stopped by {name}; the memory region is unmapped")
+    def _record(signum: int, frame: FrameType | None) -> None:
+        _pending_signals.append(signum)
 
+    _pending_signals.clear()
     previous = {
-        sig: signal.signal(sig, _raise) for sig in (signal.SIGTERM, signal.SIGHUP)
+        sig: signal.signal(sig, _record) for sig in (signal.SIGTERM, signal.SIGHUP)
     }
     try:
         yield
+        check_signals()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        _pending_signals.clear()

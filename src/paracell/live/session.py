@@ -448,10 +448,16 @@ def run_live(
         min_available_bytes=budget.safety_margin_bytes,
     )
     start_ts, end_ts = run.events.start_ts_ns, run.events.end_ts_ns
-    warm_up()
 
     def execute(phase: str, dry: bool) -> StreamMeasurement:
         with GuestRegion(region_pages, first_pfn=first_pfn, huge=huge) as region:
+            log.info(
+                "%s run of %s: %d operations on the region at %#x",
+                phase,
+                policy,
+                len(stream),
+                region.addr,
+            )
             if on_region is not None:
                 on_region(region, phase)
             return execute_stream(
@@ -466,6 +472,7 @@ def run_live(
             )
 
     with signals_raise():
+        warm_up()
         before = execute("dry-before", True) if measure_offset else None
         measured = execute("replay", False)
         after = execute("dry-after", True) if measure_offset else None

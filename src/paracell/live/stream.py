@@ -22,7 +22,7 @@ from paracell.errors import LiveError
 from paracell.live import executor as ex
 from paracell.live import kernel
 from paracell.live.kernel import PAGE_SIZE
-from paracell.live.region import GuestRegion
+from paracell.live.region import GuestRegion, check_signals
 from paracell.models.memory import ops as opcodes
 
 log = logging.getLogger("paracell.live")
@@ -224,6 +224,7 @@ class _Pacer:
             return
         due = self.wall0 + (ts_ns - self.start_ts_ns) / self.speed
         while True:
+            check_signals()
             left = due - time.monotonic_ns()
             if left <= 0:
                 return
@@ -323,6 +324,30 @@ def execute_stream(
     except LiveError as exc:
         trap_counter = None
         notes.append(f"hardware-trap fault counter unavailable: {exc}")
+    # A call with no budget returns at once; it compiles the loop for these
+    # argument types here, so the compiler's own page faults stay out of the
+    # counted window.
+    ex.execute_chunk(
+        ts,
+        op,
+        pfn,
+        nr,
+        0,
+        start_ts_ns,
+        0,
+        region.first_pfn,
+        mem,
+        region.addr,
+        known,
+        vec,
+        clock,
+        acc,
+        state,
+        integral,
+        op_ns,
+        op_missing,
+        dry,
+    )
     pacer = _Pacer(start_ts_ns, options.speed)
     index = 0
     sample = 0
@@ -358,6 +383,7 @@ def execute_stream(
             )
             if code == ex.DONE_FAILED:
                 raise _failed_operation(stream, int(state[ex.S_FAILED_OP]), region)
+            check_signals()
             guard.check(int(state[ex.S_RESIDENT]))
             if on_progress is not None:
                 on_progress(index, total)
