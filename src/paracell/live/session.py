@@ -9,6 +9,7 @@ before the memory budget check passes; every region is unmapped before
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 from collections.abc import Callable
@@ -449,6 +450,10 @@ def run_live(
     )
     start_ts, end_ts = run.events.start_ts_ns, run.events.end_ts_ns
 
+    # Dry runs are not paced: sleeping takes no page fault, and pacing would
+    # triple the wall time of a --speed run.
+    dry_options = dataclasses.replace(options, speed=None)
+
     def execute(phase: str, dry: bool) -> StreamMeasurement:
         with GuestRegion(region_pages, first_pfn=first_pfn, huge=huge) as region:
             log.info(
@@ -466,7 +471,7 @@ def run_live(
                 end_ts,
                 region,
                 limits,
-                options,
+                dry_options if dry else options,
                 dry=dry,
                 on_progress=on_progress if not dry else None,
             )
