@@ -8,13 +8,16 @@ between the hardware-trap minor faults (less the offset a dry replay
 measures) and the faults the model predicts.
 
 Then it compares the Pager with static on the same trace, within one run
-of the script: the ratio of their real faults, and the time per page of
-the Pager's batched binds against the time per page of the first-touch
-faults they replace. Times are wall clock per operation; the per-page
-figure of a class is the median over its operations, which a preemption
-on these shared 2-vCPU machines moves far less than a sum would. Each
-policy runs ``--repeats`` times and the time figures are medians over the
-repeats; footprints and fault counts are the same in every repeat.
+of the script. It gives the ratio of their real faults, and the time per
+page of the Pager's batched binds against the time per page of the
+first-touch faults they replace. Every policy runs once per round, back to
+back, and the time ratio is computed per round. The script prints the
+median and the range over ``--repeats`` rounds.
+
+Times are wall clock per operation. The per-page figure of a class is the
+median over its operations, which a preemption on these shared 2-vCPU
+machines moves far less than a sum would. Footprints and fault counts are
+the same in every round.
 
 Run: ``.venv/bin/python benchmarks/bench_live.py [--repeats N] [--json]``
 """
@@ -26,6 +29,7 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from paracell.costs import default_costs
@@ -37,7 +41,7 @@ POLICIES = ("static", "fpr", "hyperalloc", "pager")
 MIB = float(1 << 20)
 
 
-def _median(values: list[float | None]) -> float | None:
+def _median(values: Sequence[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
 
@@ -95,29 +99,51 @@ def summarise(reports: list[LiveReport]) -> dict[str, Any]:
     }
 
 
-def pager_vs_static(static: dict[str, Any], pager: dict[str, Any]) -> dict[str, Any]:
-    fault = static["timing"]["touch_fault"]
-    bind = pager["timing"]["bind"]
-    fault_ns = fault["median_ns_per_missing_page"]
-    bind_ns = bind["median_ns_per_page"]
-    static_total = sum(t["total_ns"] for t in static["timing"].values())
-    pager_total = sum(t["total_ns"] for t in pager["timing"].values())
+def pager_vs_static(
+    static: list[LiveReport], pager: list[LiveReport]
+) -> dict[str, Any]:
+    """Compare the Pager with static per round; a round runs both back to back."""
+    rounds: list[dict[str, Any]] = []
+    for s_report, p_report in zip(static, pager, strict=True):
+        fault = s_report.measured.timing["touch_fault"]
+        bind = p_report.measured.timing["bind"]
+        fault_ns = fault.median_ns_per_missing_page or 0.0
+        bind_ns = bind.median_ns_per_page or 0.0
+        rounds.append(
+            {
+                "fault_ns_per_page": fault_ns,
+                "bind_ns_per_page": bind_ns,
+                "median_ratio": bind_ns / fault_ns if fault_ns else None,
+                "mean_ratio": (bind.ns / bind.pages) / (fault.ns / fault.missing_pages),
+                "static_host_ns": sum(t.ns for t in s_report.measured.timing.values()),
+                "pager_host_ns": sum(t.ns for t in p_report.measured.timing.values()),
+            }
+        )
+    static_faults = static[0].corrected_trap_faults
+    pager_faults = pager[0].corrected_trap_faults
+    bind = pager[0].measured.timing["bind"]
+    median_ratios: list[float] = [
+        r["median_ratio"] for r in rounds if r["median_ratio"] is not None
+    ]
+    mean_ratios: list[float] = [r["mean_ratio"] for r in rounds]
     return {
-        "static_faults": static["live_faults_corrected"],
-        "pager_faults": pager["live_faults_corrected"],
+        "static_faults": static_faults,
+        "pager_faults": pager_faults,
         "fault_ratio": (
-            pager["live_faults_corrected"] / static["live_faults_corrected"]
-            if static["live_faults_corrected"]
+            pager_faults / static_faults
+            if pager_faults is not None and static_faults
             else None
         ),
-        "fault_ns_per_page": fault_ns,
-        "bind_ns_per_page": bind_ns,
-        "bind_to_fault_time_ratio": bind_ns / fault_ns if fault_ns else None,
-        "fault_mean_ns_per_page": fault["total_ns"] / fault["pages"],
-        "bind_mean_ns_per_page": bind["mean_ns_per_page"],
-        "pages_per_bind": bind["pages"] / bind["operations"],
-        "static_host_ns": static_total,
-        "pager_host_ns": pager_total,
+        "pages_per_bind": bind.pages / bind.ops,
+        "fault_ns_per_page": _median([r["fault_ns_per_page"] for r in rounds]),
+        "bind_ns_per_page": _median([r["bind_ns_per_page"] for r in rounds]),
+        "bind_to_fault_time_ratio": _median(median_ratios),
+        "bind_to_fault_time_ratio_range": [min(median_ratios), max(median_ratios)],
+        "bind_to_fault_mean_time_ratio": _median(mean_ratios),
+        "bind_to_fault_mean_time_ratio_range": [min(mean_ratios), max(mean_ratios)],
+        "static_host_ns": _median([r["static_host_ns"] for r in rounds]),
+        "pager_host_ns": _median([r["pager_host_ns"] for r in rounds]),
+        "rounds": rounds,
     }
 
 
@@ -145,40 +171,49 @@ def print_tables(
                 f"{_pct(r['fault_difference'])} {r['rusage_faults']:8d}"
             )
     print()
-    print("Pager against static on the same trace (live)")
+    print("Pager against static on the same trace (live, ratios over rounds)")
     for trace, q in ratios.items():
+        low, high = q["bind_to_fault_time_ratio_range"]
+        mean_low, mean_high = q["bind_to_fault_mean_time_ratio_range"]
         print(
-            f"{trace}: faults {q['pager_faults']} vs {q['static_faults']} "
-            f"(ratio {q['fault_ratio']:.4f}); "
-            f"bind {q['bind_ns_per_page']:.0f} ns/page (median, "
-            f"{q['pages_per_bind']:.1f} pages per call) vs first-touch fault "
-            f"{q['fault_ns_per_page']:.0f} ns/page: ratio "
-            f"{q['bind_to_fault_time_ratio']:.2f}; means "
-            f"{q['bind_mean_ns_per_page']:.0f} vs {q['fault_mean_ns_per_page']:.0f}; "
-            f"host time of all operations {q['pager_host_ns'] / 1e6:.1f} ms vs "
-            f"{q['static_host_ns'] / 1e6:.1f} ms"
+            f"{trace}: real faults {q['pager_faults']} vs {q['static_faults']} "
+            f"(ratio {q['fault_ratio']:.4f}); bind {q['bind_ns_per_page']:.0f} ns "
+            f"per page ({q['pages_per_bind']:.1f} pages per call) vs first-touch "
+            f"fault {q['fault_ns_per_page']:.0f} ns per page: ratio of medians "
+            f"{q['bind_to_fault_time_ratio']:.2f} ({low:.2f}-{high:.2f}), ratio of "
+            f"means {q['bind_to_fault_mean_time_ratio']:.2f} "
+            f"({mean_low:.2f}-{mean_high:.2f}); host time of all operations "
+            f"{q['pager_host_ns'] / 1e6:.0f} ms vs {q['static_host_ns'] / 1e6:.0f} ms"
         )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs per policy (default 3)"
+        "--repeats", type=int, default=5, help="rounds of every policy (default 5)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
+
     costs = default_costs()
     paths = {p.name: p for p in shipped_trace_paths()}
     results: dict[str, dict[str, dict[str, Any]]] = {}
     ratios: dict[str, dict[str, Any]] = {}
     for name in TRACES:
         trace = load_trace(paths[name])
-        results[name] = {}
-        for policy in POLICIES:
-            print(f"bench_live: {name} {policy}", file=sys.stderr)
-            reports = [run_live(trace, policy, costs) for _ in range(args.repeats)]
-            results[name][policy] = summarise(reports)
-        ratios[name] = pager_vs_static(results[name]["static"], results[name]["pager"])
+        reports: dict[str, list[LiveReport]] = {policy: [] for policy in POLICIES}
+        # Rounds run every policy back to back, so the ratios of one round
+        # compare runs that met about the same load on the machine.
+        for round_index in range(args.repeats):
+            for policy in POLICIES:
+                print(
+                    f"bench_live: {name} {policy} round {round_index + 1}",
+                    file=sys.stderr,
+                )
+                reports[policy].append(run_live(trace, policy, costs))
+        results[name] = {policy: summarise(reports[policy]) for policy in POLICIES}
+        ratios[name] = pager_vs_static(reports["static"], reports["pager"])
+
     load = os.getloadavg()[0]
     if args.json:
         json.dump(

@@ -92,7 +92,7 @@ def test_huge_region_gets_huge_pages():
         usage = kernel.smaps_usage(region.addr)
     assert usage is not None
     assert usage.thp_eligible
-    # One write per frame made whole frames resident; the kernel may fall
+    # One write per frame made whole frames resident. The kernel may fall
     # back to 4 KiB pages for a frame when no huge page is free.
     assert usage.anon_huge_bytes > 0
     assert usage.rss_bytes >= usage.anon_huge_bytes

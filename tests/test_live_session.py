@@ -2,7 +2,7 @@
 
 The live replay executes the model's own op stream, so the measured mean
 footprint and the hardware-trap faults (less the offset of a dry run) must
-match the model; the tolerances below only absorb faults of the interpreter
+match the model. The tolerances below only absorb faults of the interpreter
 that land in the counted window.
 """
 

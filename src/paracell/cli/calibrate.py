@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from paracell.cli._common import add_json_argument, print_json
 from paracell.errors import ParacellError
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-rss",
         metavar="BYTES",
         default="640MiB",
-        help="most memory the measurements may map at once, in bytes or with a "
+        help="maximum memory the measurements map at once, in bytes or with a "
         "unit such as 640MiB (default: 640MiB; the large batch is 512 MiB)",
     )
     add_json_argument(parser)
@@ -99,21 +99,23 @@ def _print(console: Console, result: Calibration, output: Path | None) -> None:
         "vs HERE",
         "parameter",
     ):
-        justify = "left" if column in ("measurement", "unit", "parameter") else "right"
+        justify: Literal["left", "right"] = (
+            "left" if column in ("measurement", "unit", "parameter") else "right"
+        )
         table.add_column(column, justify=justify)
     for m in result.measurements:
         spread = m.spread
-        here = "-"
+        here_text = "-"
         if m.here_ns is not None:
             low, high = m.here_ns
-            here = f"{low:,.0f}" if low == high else f"{low:,.0f}-{high:,.0f}"
+            here_text = f"{low:,.0f}" if low == high else f"{low:,.0f}-{high:,.0f}"
         rel = m.relative_to_here()
         table.add_row(
             m.key,
             m.unit,
             f"{m.median:,.0f}",
             f"{spread['p25']:,.0f}-{spread['p75']:,.0f}",
-            here,
+            here_text,
             "-" if rel is None else f"{rel:+.0%}",
             ", ".join(m.parameters) or "(none)",
         )

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-rss",
         metavar="BYTES",
-        help="most resident memory the region may use, in bytes or with a unit "
+        help="maximum resident memory of the region, in bytes or with a unit "
         "such as 512MiB (default: half of MemAvailable at start)",
     )
     parser.add_argument(

@@ -5,7 +5,7 @@
 >>> report = run_live(trace, "pager", default_costs())    # doctest: +SKIP
 >>> report.to_dict()["relative_difference"]["mean_footprint"]  # doctest: +SKIP
 
-A private anonymous region stands in for guest RAM. The op stream that the
+A private anonymous region serves as guest RAM. The op stream that the
 memory model computes for a policy (``paracell.models.memory.ops``) is
 executed on it: first touches fault for real, binds are
 MADV_POPULATE_WRITE, unbinds MADV_DONTNEED. Resident memory, faults and time

@@ -3,8 +3,8 @@
 Every measurement uses the compiled loops and libc bindings of the live
 replay (:mod:`paracell.live.executor`), so a calibrated value describes the
 same code path that ``paracell live`` times. Each is repeated and reported
-as a median with its spread; memory use stays under a cap because only one
-region is mapped at a time and the largest region is sized from the cap.
+as a median with its spread. Memory use stays under a cap because only one
+region is mapped at a time, and the largest region is sized from the cap.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ log = logging.getLogger("paracell.live")
 _MIB = 1 << 20
 HUGE_PAGES = HUGE_PAGE_SIZE // PAGE_SIZE
 # Loops are timed in the thread's CPU time, so time spent preempted by other
-# work on a shared machine does not count; a loop runs long enough (ms) that
-# the clock's own system call (about a microsecond at most) is negligible.
+# work on a shared machine does not count. A loop runs for milliseconds, so
+# the clock's own system call (a microsecond at most) is negligible.
 CPU_CLOCK = kernel.CLOCK_THREAD_CPUTIME_ID
 
 DEFAULT_MAX_RSS_BYTES = 640 * _MIB

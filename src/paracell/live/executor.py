@@ -7,11 +7,11 @@ operation it
 1. adds the resident page count times the trace time since the previous
    operation to the integral (the measured footprint is a step function of
    trace time, like the modelled one);
-2. performs the operation on the region, timed with CLOCK_MONOTONIC:
-   ``TOUCH`` writes one byte per page, ``BIND``, ``INSTALL_2M`` and ``BASE``
-   are MADV_POPULATE_WRITE over the run, ``UNBIND`` and ``RECLAIM_2M`` are
-   MADV_DONTNEED over the run, ``FAULT_2M`` writes one byte at the start of
-   the 2 MiB frame; ``FREE`` and ``CALL`` do nothing on the host;
+2. performs the operation on the region, timed with CLOCK_MONOTONIC.
+   ``TOUCH`` writes one byte per page. ``BIND``, ``INSTALL_2M`` and ``BASE``
+   are one MADV_POPULATE_WRITE over the run. ``UNBIND`` and ``RECLAIM_2M``
+   are one MADV_DONTNEED over the run. ``FAULT_2M`` writes one byte at the
+   start of the 2 MiB frame. ``FREE`` and ``CALL`` do nothing on the host;
 3. asks the kernel with mincore() which pages of the run are resident now,
    and updates the resident count from the difference to what it knew.
 
@@ -72,7 +72,7 @@ NR_ACC = 4
 # Slots of the state array shared between chunks.
 S_RESIDENT = 0  # resident pages of the region, as last seen by mincore
 S_LAST_TS = 1  # trace time of the previous operation
-S_PEAK = 2  # most resident pages after any operation
+S_PEAK = 2  # maximum resident pages after any operation
 S_FAILED_OP = 3  # index of the operation whose system call failed, or -1
 S_CALLS = 4  # CALL rows seen
 NR_STATE = 5
@@ -223,7 +223,7 @@ def execute_chunk(
         acc[kind, A_NS] += t1 - t0
         op_ns[i] = t1 - t0
         op_missing[i] = missing
-        # A FAULT_2M row covers its whole frame, so the refresh also sees
+        # A FAULT_2M row covers its whole frame, so the refresh also counts
         # the pages a huge-page fault made resident besides the one written.
         if not _refresh(addr, first, count, vec, known, state):
             state[S_FAILED_OP] = i

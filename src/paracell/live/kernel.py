@@ -104,10 +104,10 @@ def syscall_number(name: str) -> int:
     return table[name]
 
 
-def _os_error(what: str) -> LiveError:
+def _os_error(call: str) -> LiveError:
     code = ctypes.get_errno()
     return LiveError(
-        f"{what} failed: {os.strerror(code)} (errno {errno.errorcode.get(code, code)})"
+        f"{call} failed: {os.strerror(code)} (errno {errno.errorcode.get(code, code)})"
     )
 
 

@@ -1,4 +1,4 @@
-"""A private anonymous memory region that stands in for guest RAM.
+"""A private anonymous memory region that the live replay uses as guest RAM.
 
 Page ``i`` of the region is modelled guest page frame ``first_pfn + i``. The
 region starts on a 2 MiB boundary so that 2 MiB guest frames line up with

@@ -53,9 +53,9 @@ FIXED_MARGIN_BYTES = 64 * _MIB
 PAGE_TABLE_SHARE = 1 / 256
 # Share of resident memory below which a 2 MiB policy's run is reported as
 # not backed by huge pages.
-HUGE_PAGE_SHARE_WANTED = 0.9
+HUGE_PAGE_SHARE_MIN = 0.9
 
-# Which cost parameter predicts each measured timing class, and per what.
+# Cost parameter that predicts each measured timing class, and the unit it counts.
 _PREDICTIONS = {
     "touch_fault": ("memory.first_touch_bound", "page"),
     "bind": ("memory.populate_write_per_page", "page"),
@@ -80,11 +80,11 @@ class MemoryBudget:
     def needed_bytes(self) -> int:
         return self.model_peak_bytes + self.margin_bytes
 
-    def check(self, what: str) -> None:
+    def check(self, run_name: str) -> None:
         """Raise LiveError if the run does not fit --max-rss or MemAvailable."""
         need = self.needed_bytes
         detail = (
-            f"{what} needs about {need / _MIB:.0f} MiB of memory (the model's peak "
+            f"{run_name} needs about {need / _MIB:.0f} MiB of memory (the model's peak "
             f"footprint of {self.model_peak_bytes / _MIB:.0f} MiB plus a margin of "
             f"{self.margin_bytes / _MIB:.0f} MiB)"
         )
@@ -503,7 +503,7 @@ def run_live(
         notes=notes,
     )
     share = report.huge_page_share()
-    if share is not None and share < HUGE_PAGE_SHARE_WANTED:
+    if share is not None and share < HUGE_PAGE_SHARE_MIN:
         notes.append(
             f"only {share:.0%} of the resident memory at the peak was backed by "
             f"2 MiB pages (AnonHugePages in /proc/self/smaps); the kernel did not "

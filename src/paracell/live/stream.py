@@ -2,9 +2,9 @@
 
 :func:`execute_stream` is independent of where the stream comes from: the
 memory model's policies, or a stream built by hand. It runs the compiled
-loop of :mod:`paracell.live.executor` in chunks; between chunks Python
+loop of :mod:`paracell.live.executor` in chunks. Between chunks Python
 takes the samples, paces the replay (``speed``), checks the memory limits
-and lets signal handlers run.
+and acts on signals.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class LiveLimits:
 
 @dataclass(frozen=True)
 class LiveOptions:
-    """How a stream is executed.
+    """Settings of one execution of a stream.
 
     ``speed`` is the trace seconds replayed per wall-clock second (None:
     as fast as possible, in trace order). ``sample_ns`` is the trace time
@@ -90,8 +90,8 @@ class TimingClass:
     pages: int
     missing_pages: int  # pages that were not resident before the operation
     ns: int
-    # Medians over the class's operations of ns / pages and ns / missing pages;
-    # unlike the sums, a preemption inside a few operations barely moves them.
+    # Medians over the class's operations of ns / pages and ns / missing pages.
+    # A preemption inside a few operations barely moves them, unlike the sums.
     median_ns_per_page: float | None = None
     median_ns_per_missing_page: float | None = None
 
@@ -118,7 +118,7 @@ class TimingClass:
 
 @dataclass
 class StreamMeasurement:
-    """What one execution of a stream measured; byte counts are resident bytes."""
+    """Measurements of one execution of a stream; byte counts are resident bytes."""
 
     start_ts_ns: int
     end_ts_ns: int
@@ -324,7 +324,7 @@ def execute_stream(
     except LiveError as exc:
         trap_counter = None
         notes.append(f"hardware-trap fault counter unavailable: {exc}")
-    # A call with no budget returns at once; it compiles the loop for these
+    # A call with no budget returns at once. It compiles the loop for these
     # argument types here, so the compiler's own page faults stay out of the
     # counted window.
     ex.execute_chunk(
