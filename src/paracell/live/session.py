@@ -2,9 +2,9 @@
 
 The memory model replays the trace through the policy and returns its op
 stream and metrics. The live replay executes that same stream on a region
-of real anonymous memory and measures what the kernel does. Nothing runs
-before the memory budget check passes; every region is unmapped before
-``run_live`` returns or raises.
+of real anonymous memory and measures what the kernel does. Nothing is
+mapped before the memory budget check passes, and every region is unmapped
+before ``run_live`` returns or raises.
 """
 
 from __future__ import annotations
@@ -294,11 +294,11 @@ class LiveReport:
             "modelled": True,
         }
         if timeline:
+            # At the live samples' times, not at every operation: the full
+            # modelled timeline has a point per operation (hundreds of thousands).
             model["timeline"] = {
-                "ts_ns": self.model.timeline.ts_ns if self.model.timeline else [],
-                "bound_bytes": self.model.timeline.bound_bytes
-                if self.model.timeline
-                else [],
+                "ts_ns": self.measured.sample_ts_ns,
+                "bound_bytes": self.model_sampled_bytes(),
             }
         return {
             "trace": self.trace_name,
@@ -339,15 +339,20 @@ def _measured_per(timing: Any, unit: str) -> float | None:
 
 def warm_up() -> None:
     """Compile the executor's loops on a small stream, outside any measurement."""
-    stream = _HandStream.build(
-        [
-            (0, opcodes.TOUCH, 0, 2),
-            (1, opcodes.BIND, 2, 2),
-            (2, opcodes.UNBIND, 0, 4),
-            (3, opcodes.FAULT_2M, 0, opcodes.HUGE_PAGES),
-            (4, opcodes.FREE, 0, 1),
-            (5, opcodes.CALL, 0, 1),
-        ],
+    rows = [
+        (0, opcodes.TOUCH, 0, 2),
+        (1, opcodes.BIND, 2, 2),
+        (2, opcodes.UNBIND, 0, 4),
+        (3, opcodes.FAULT_2M, 0, opcodes.HUGE_PAGES),
+        (4, opcodes.FREE, 0, 1),
+        (5, opcodes.CALL, 0, 1),
+    ]
+    stream = opcodes.OpStream(
+        ts_ns=np.array([r[0] for r in rows], dtype=np.int64),
+        op=np.array([r[1] for r in rows], dtype=np.uint8),
+        pfn=np.array([r[2] for r in rows], dtype=np.int64),
+        nr_pages=np.array([r[3] for r in rows], dtype=np.int64),
+        arg=np.zeros(len(rows), dtype=np.int32),
         nr_guest_pages=opcodes.HUGE_PAGES,
     )
     limits = LiveLimits(max_rss_bytes=64 * _MIB, min_available_bytes=0)
@@ -356,27 +361,6 @@ def warm_up() -> None:
             execute_stream(
                 stream, 0, 6, region, limits, LiveOptions(sample_ns=2), dry=dry
             )
-
-
-@dataclass(frozen=True)
-class _HandStream:
-    ts_ns: np.ndarray
-    op: np.ndarray
-    pfn: np.ndarray
-    nr_pages: np.ndarray
-    nr_guest_pages: int
-
-    @classmethod
-    def build(
-        cls, rows: list[tuple[int, int, int, int]], nr_guest_pages: int
-    ) -> _HandStream:
-        return cls(
-            ts_ns=np.array([r[0] for r in rows], dtype=np.int64),
-            op=np.array([r[1] for r in rows], dtype=np.uint8),
-            pfn=np.array([r[2] for r in rows], dtype=np.int64),
-            nr_pages=np.array([r[3] for r in rows], dtype=np.int64),
-            nr_guest_pages=nr_guest_pages,
-        )
 
 
 def model_run(
