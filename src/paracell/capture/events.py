@@ -80,8 +80,9 @@ def parse_event_selection(text: str | None) -> list[str]:
             elif item in KINDS:
                 chosen.add(item)
             else:
-                known = ", ".join([*EVENT_GROUPS, *(k for k in KINDS if k not in
-                                                   EVENT_GROUPS)])
+                known = ", ".join(
+                    [*EVENT_GROUPS, *(k for k in KINDS if k not in EVENT_GROUPS)]
+                )
                 raise CaptureError(
                     f"--events names unknown kind or group {item!r}; known: {known}"
                 )

@@ -31,8 +31,13 @@ def pair_syscalls(enter: Columns, exit_: Columns) -> Columns:
     nxt = np.arange(1, ts.size + 1)
     nxt[-1:] = 0
     if ts.size:
-        paired = (~is_exit) & (np.arange(ts.size) < ts.size - 1) & is_exit[nxt] & \
-            (tid[nxt] == tid) & (nr[nxt] == nr)
+        paired = (
+            (~is_exit)
+            & (np.arange(ts.size) < ts.size - 1)
+            & is_exit[nxt]
+            & (tid[nxt] == tid)
+            & (nr[nxt] == nr)
+        )
     else:
         paired = np.zeros(0, bool)
     enter_pos = np.flatnonzero(~is_exit)

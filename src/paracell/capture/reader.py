@@ -65,8 +65,9 @@ class RawReader:
 
     def start(self) -> int:
         """Start the reader thread; return its kernel thread id."""
-        self._thread = threading.Thread(target=self._run, name="paracell-reader",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="paracell-reader", daemon=True
+        )
         self._thread.start()
         self._ready.wait()
         assert self.native_id is not None

@@ -37,9 +37,7 @@ from paracell.capture.events import (
     SCHED_SWITCH,
     SYS_ENTER,
     SYS_EXIT,
-    SYSTEM,
     TASK_NEWTASK,
-    TREE,
     tracepoints_for,
 )
 from paracell.capture.launcher import BlockedChild, exit_status
@@ -90,6 +88,9 @@ class CaptureOptions:
     buffer_kb: int = DEFAULT_BUFFER_KB
     buffer_percent: int = DEFAULT_BUFFER_PERCENT
     overwrite: bool = False
+    # Keep the raw ring-buffer pages here instead of a temporary directory
+    # (for benchmarks and debugging of the decoder).
+    spool_dir: Path | None = None
 
 
 @dataclass
@@ -100,6 +101,8 @@ class CaptureResult:
     wall_ns: int
     decode_s: float
     records: int
+    # pid of the traced command: the root of the process tree.
+    root_pid: int = 0
     signals: list[int] = field(default_factory=list)
 
 
@@ -120,8 +123,12 @@ class _SignalForwarder:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
         target = signal.SIGKILL if len(self.received) >= 3 else signum
-        log.warning("received signal %d; sending %d to the traced command (pid %d)",
-                    signum, target, self.pid)
+        log.warning(
+            "received signal %d; sending %d to the traced command (pid %d)",
+            signum,
+            target,
+            self.pid,
+        )
         try:
             os.kill(self.pid, target)
         except ProcessLookupError:
@@ -132,8 +139,9 @@ class _SignalForwarder:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
-def capture(options: CaptureOptions,
-            on_started: Callable[[int], None] | None = None) -> CaptureResult:
+def capture(
+    options: CaptureOptions, on_started: Callable[[int], None] | None = None
+) -> CaptureResult:
     """Run ``options.command`` under tracing and write the trace.
 
     Returns once the trace is written; the command's exit status is in the
@@ -141,8 +149,10 @@ def capture(options: CaptureOptions,
     is left as it was found on every path.
     """
     if options.output.exists() and not options.overwrite:
-        raise CaptureError(f"{options.output}: output already exists",
-                           hint="choose another -o or remove it first")
+        raise CaptureError(
+            f"{options.output}: output already exists",
+            hint="choose another -o or remove it first",
+        )
     needed = list(options.kinds)
     if any(k in ALLOCATOR_KINDS for k in needed):
         # Deciding which frees belong to the tree needs every allocation and
@@ -152,15 +162,24 @@ def capture(options: CaptureOptions,
     mount = mount_tracefs()
     top = TraceFS(mount.root)
     try:
+        if options.spool_dir is not None:
+            options.spool_dir.mkdir(parents=True, exist_ok=True)
+            return _capture_mounted(
+                options, top, tracepoints, options.spool_dir, on_started
+            )
         with tempfile.TemporaryDirectory(prefix="paracell-spool-") as spool:
             return _capture_mounted(options, top, tracepoints, Path(spool), on_started)
     finally:
         mount.release()
 
 
-def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
-                     spool: Path, on_started: Callable[[int], None] | None
-                     ) -> CaptureResult:
+def _capture_mounted(
+    options: CaptureOptions,
+    top: TraceFS,
+    tracepoints: list,
+    spool: Path,
+    on_started: Callable[[int], None] | None,
+) -> CaptureResult:
     session = open_session(top, tracepoints, options.buffer_kb, options.buffer_percent)
     child = BlockedChild(list(options.command))
     reader: RawReader | None = None
@@ -172,8 +191,9 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
         # threaded process may only call async-signal-safe functions.
         child.spawn()
         reader_tid = reader.start()
-        arm_session(session, child.pid, [os.getpid(), threading.get_native_id(),
-                                         reader_tid])
+        arm_session(
+            session, child.pid, [os.getpid(), threading.get_native_id(), reader_tid]
+        )
         with _SignalForwarder(child.pid) as forwarder:
             start_wall = _dt.datetime.now(_dt.UTC)
             start_ns = child.release()
@@ -193,7 +213,9 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
     files = [(f.role, f.cpu, f.out_path) for f in reader.files]
     roles = {tp: tp.instance for tp in tracepoints}
     t0 = time.perf_counter()
-    decoded = decode_spool(files, session.page_size, session.layout, session.formats, roles)
+    decoded = decode_spool(
+        files, session.page_size, session.layout, session.formats, roles
+    )
     tables, counters = build_tables(decoded, options.kinds, child.pid, start_ns, end_ns)
     decode_s = time.perf_counter() - t0
     lost_events = _lost_summary(lost, decoded)
@@ -210,8 +232,8 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
             kind=options.workload_kind,
             command=list(options.command),
             operations=operations,
-            operation_unit=options.operation_unit or ("requests" if operations is not None
-                                                      else None),
+            operation_unit=options.operation_unit
+            or ("requests" if operations is not None else None),
             recreate=options.recreate,
         ),
         kernel_release=sysinfo.kernel_release(),
@@ -231,9 +253,16 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
         notes=counters,
     )
     trace = write_trace(options.output, manifest, tables, overwrite=options.overwrite)
-    return CaptureResult(trace, exit_status(status), lost_events["total"],
-                         end_ns - start_ns, decode_s, decoded.records,
-                         forwarder.received)
+    return CaptureResult(
+        trace,
+        exit_status(status),
+        lost_events["total"],
+        end_ns - start_ns,
+        decode_s,
+        decoded.records,
+        child.pid,
+        forwarder.received,
+    )
 
 
 def read_operations(path: Path) -> int:
@@ -241,15 +270,21 @@ def read_operations(path: Path) -> int:
     try:
         text = path.read_text().strip()
     except OSError as exc:
-        raise CaptureError(f"{path}: cannot read the operation count: {exc.strerror}",
-                           hint="the traced command should write it there") from None
+        raise CaptureError(
+            f"{path}: cannot read the operation count: {exc.strerror}",
+            hint="the traced command should write it there",
+        ) from None
     if not text.isdigit():
-        raise CaptureError(f"{path}: operation count must be a non-negative integer, "
-                           f"found {text[:40]!r}")
+        raise CaptureError(
+            f"{path}: operation count must be a non-negative integer, "
+            f"found {text[:40]!r}"
+        )
     return int(text)
 
 
-def _lost_summary(lost: dict[str, dict[int, int]], decoded: DecodeResult) -> dict[str, int]:
+def _lost_summary(
+    lost: dict[str, dict[int, int]], decoded: DecodeResult
+) -> dict[str, int]:
     out: dict[str, int] = {}
     total = 0
     for role, per_cpu in lost.items():
@@ -263,14 +298,20 @@ def _lost_summary(lost: dict[str, dict[int, int]], decoded: DecodeResult) -> dic
     return dict(sorted(out.items()))
 
 
-def build_tables(decoded: DecodeResult, kinds: list[str], root_pid: int, start_ns: int,
-                 end_ns: int) -> tuple[dict[str, pa.Table], list[str]]:
+def build_tables(
+    decoded: DecodeResult, kinds: list[str], root_pid: int, start_ns: int, end_ns: int
+) -> tuple[dict[str, pa.Table], list[str]]:
     """Turn decoded tracepoint columns into the trace's tables."""
     cols = decoded.columns
     window = _window(start_ns, end_ns)
     newtask = window(cols[TASK_NEWTASK])
-    tree = TaskTree.build(root_pid, newtask["ts_ns"], newtask["common_pid"],
-                          newtask["pid"], newtask["clone_flags"])
+    tree = TaskTree.build(
+        root_pid,
+        newtask["ts_ns"],
+        newtask["common_pid"],
+        newtask["pid"],
+        newtask["clone_flags"],
+    )
     tables: dict[str, pa.Table] = {}
     notes = [f"tree tasks: {tree.nr_tasks}"]
 
@@ -278,12 +319,19 @@ def build_tables(decoded: DecodeResult, kinds: list[str], root_pid: int, start_n
     parent_tgid = tree.lookup(newtask["common_pid"], newtask["ts_ns"])
     mine = parent_tgid >= 0
     child_tgid = tree.lookup(newtask["pid"], newtask["ts_ns"])
-    tables["task_newtask"] = _table("task_newtask", {
-        "ts_ns": newtask["ts_ns"][mine], "cpu": newtask["cpu"][mine],
-        "pid": parent_tgid[mine], "tid": newtask["common_pid"][mine],
-        "child_tid": newtask["pid"][mine], "child_pid": child_tgid[mine],
-        "clone_flags": newtask["clone_flags"][mine], "comm": newtask["comm"][mine],
-    })
+    tables["task_newtask"] = _table(
+        "task_newtask",
+        {
+            "ts_ns": newtask["ts_ns"][mine],
+            "cpu": newtask["cpu"][mine],
+            "pid": parent_tgid[mine],
+            "tid": newtask["common_pid"][mine],
+            "child_tid": newtask["pid"][mine],
+            "child_pid": child_tgid[mine],
+            "clone_flags": newtask["clone_flags"][mine],
+            "comm": newtask["comm"][mine],
+        },
+    )
 
     if "syscalls" in kinds:
         rows = pair_syscalls(window(cols[SYS_ENTER]), window(cols[SYS_EXIT]))
@@ -291,17 +339,37 @@ def build_tables(decoded: DecodeResult, kinds: list[str], root_pid: int, start_n
         tables["syscalls"] = _table("syscalls", rows)
     if "page_fault_user" in kinds:
         c = window(cols[PAGE_FAULT_USER])
-        tables["page_fault_user"] = _table("page_fault_user", {
-            "ts_ns": c["ts_ns"], "cpu": c["cpu"],
-            "pid": tree.tgid_of(c["common_pid"], c["ts_ns"]), "tid": c["common_pid"],
-            "address": c["address"], "ip": c["ip"], "error_code": c["error_code"],
-        })
+        tables["page_fault_user"] = _table(
+            "page_fault_user",
+            {
+                "ts_ns": c["ts_ns"],
+                "cpu": c["cpu"],
+                "pid": tree.tgid_of(c["common_pid"], c["ts_ns"]),
+                "tid": c["common_pid"],
+                "address": c["address"],
+                "ip": c["ip"],
+                "error_code": c["error_code"],
+            },
+        )
     if "sched_switch" in kinds:
         c = window(cols[SCHED_SWITCH])
-        tables["sched_switch"] = _table("sched_switch", {
-            k: c[k] for k in ("ts_ns", "cpu", "prev_comm", "prev_pid", "prev_prio",
-                              "prev_state", "next_comm", "next_pid", "next_prio")
-        })
+        tables["sched_switch"] = _table(
+            "sched_switch",
+            {
+                k: c[k]
+                for k in (
+                    "ts_ns",
+                    "cpu",
+                    "prev_comm",
+                    "prev_pid",
+                    "prev_prio",
+                    "prev_state",
+                    "next_comm",
+                    "next_pid",
+                    "next_prio",
+                )
+            },
+        )
     chosen_kmem = [k for k in ALLOCATOR_KINDS if k in kinds]
     if chosen_kmem:
         kmem_tables, kmem_notes = _allocator_tables(cols, tree, window, chosen_kmem)
@@ -319,10 +387,11 @@ _KMEM = (
 )
 
 
-def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Columns],
-                      chosen: list[str]) -> tuple[dict[str, pa.Table], list[str]]:
+def _allocator_tables(
+    cols: dict, tree: TaskTree, window: Callable[[Columns], Columns], chosen: list[str]
+) -> tuple[dict[str, pa.Table], list[str]]:
     parts = []
-    for kind, tp, code in _KMEM:
+    for kind, tp, kind_code in _KMEM:
         if tp not in cols:
             continue
         c = window(cols[tp])
@@ -331,7 +400,7 @@ def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Co
             c = {k: v[ok] for k, v in c.items()}
         n = c["ts_ns"].size
         order = c["order"] if "order" in c else np.zeros(n, np.uint32)
-        parts.append((kind, c, np.full(n, code, np.int8), order))
+        parts.append((kind, c, np.full(n, kind_code, np.int8), order))
     ts = np.concatenate([p[1]["ts_ns"] for p in parts])
     code = np.concatenate([p[2] for p in parts])
     seq = np.concatenate([p[1]["seq"] for p in parts])
@@ -343,7 +412,9 @@ def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Co
     perm = np.lexsort((seq, cpu, ts))
     in_tree = np.empty(ts.size, bool)
     in_tree[perm] = tree.lookup(tid[perm], ts[perm]) >= 0
-    keep_sorted = filter_allocator_events(code[perm], pfn[perm], order[perm], in_tree[perm])
+    keep_sorted = filter_allocator_events(
+        code[perm], pfn[perm], order[perm], in_tree[perm]
+    )
     keep = np.empty(ts.size, bool)
     keep[perm] = keep_sorted
     tables = {}
@@ -351,15 +422,19 @@ def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Co
     start = 0
     for kind, c, _code, _order in parts:
         n = c["ts_ns"].size
-        k = keep[start:start + n]
+        k = keep[start : start + n]
         start += n
         notes.append(f"{kind}: kept {int(k.sum())} of {n} system-wide events")
         if kind not in chosen:
             continue
         sel = {name: v[k] for name, v in c.items()}
-        row = {"ts_ns": sel["ts_ns"], "cpu": sel["cpu"],
-               "pid": tree.tgid_of(sel["common_pid"], sel["ts_ns"]),
-               "tid": sel["common_pid"], "pfn": sel["pfn"]}
+        row = {
+            "ts_ns": sel["ts_ns"],
+            "cpu": sel["cpu"],
+            "pid": tree.tgid_of(sel["common_pid"], sel["ts_ns"]),
+            "tid": sel["common_pid"],
+            "pfn": sel["pfn"],
+        }
         for name in ("order", "gfp_flags", "migratetype", "percpu_refill"):
             if name in sel:
                 row[name] = sel[name]
@@ -371,6 +446,7 @@ def _window(start_ns: int, end_ns: int) -> Callable[[Columns], Columns]:
     def cut(c: Columns) -> Columns:
         ok = (c["ts_ns"] >= start_ns) & (c["ts_ns"] <= end_ns)
         return {k: v[ok] for k, v in c.items()}
+
     return cut
 
 
@@ -382,6 +458,9 @@ def _table(kind: str, columns: dict[str, np.ndarray]) -> pa.Table:
         if pa.types.is_string(f.type):
             arrays.append(pa.array(list(values), type=f.type))
         else:
-            arrays.append(pa.array(np.asarray(values).astype(f.type.to_pandas_dtype()),
-                                   type=f.type))
+            arrays.append(
+                pa.array(
+                    np.asarray(values).astype(f.type.to_pandas_dtype()), type=f.type
+                )
+            )
     return pa.Table.from_arrays(arrays, schema=schema)

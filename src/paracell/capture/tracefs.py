@@ -67,7 +67,9 @@ class TraceFS:
         try:
             value = self.path(rel).read_text()
         except OSError as exc:
-            raise CaptureError(f"cannot read {self.path(rel)}: {exc.strerror}") from None
+            raise CaptureError(
+                f"cannot read {self.path(rel)}: {exc.strerror}"
+            ) from None
         log.debug("read %s -> %r", self.path(rel), value[:80])
         return value
 
@@ -95,8 +97,12 @@ class TraceFS:
         if self.dry_run:
             if self._dry_get(rel) is not None:
                 return True
-            return any(k.startswith((self.prefix + rel.rstrip("/") + "/",
-                                     rel.rstrip("/") + "/")) for k in self.dry_files)
+            return any(
+                k.startswith(
+                    (self.prefix + rel.rstrip("/") + "/", rel.rstrip("/") + "/")
+                )
+                for k in self.dry_files
+            )
         return self.path(rel).exists()
 
     def mkdir(self, rel: str) -> None:
@@ -129,8 +135,11 @@ class TraceFS:
         if self.dry_run:
             names = set()
             for base in {self.prefix + rel.rstrip("/") + "/", rel.rstrip("/") + "/"}:
-                names |= {k[len(base):].split("/")[0] for k in self.dry_files
-                          if k.startswith(base)}
+                names |= {
+                    k[len(base) :].split("/")[0]
+                    for k in self.dry_files
+                    if k.startswith(base)
+                }
             return sorted(names)
         try:
             return sorted(os.listdir(self.path(rel)))
@@ -144,12 +153,19 @@ class TraceFS:
         try:
             return os.open(self.path(rel), flags)
         except OSError as exc:
-            raise CaptureError(f"cannot open {self.path(rel)}: {exc.strerror}") from None
+            raise CaptureError(
+                f"cannot open {self.path(rel)}: {exc.strerror}"
+            ) from None
 
     def instance(self, name: str) -> TraceFS:
         """Return an accessor rooted at ``instances/NAME``, sharing the dry-run log."""
-        return TraceFS(self.root / "instances" / name, self.dry_run, self.writes,
-                       self.dry_files, f"{self.prefix}instances/{name}/")
+        return TraceFS(
+            self.root / "instances" / name,
+            self.dry_run,
+            self.writes,
+            self.dry_files,
+            f"{self.prefix}instances/{name}/",
+        )
 
 
 # --- mounting -----------------------------------------------------------------
