@@ -49,7 +49,7 @@ def test_edge_cases(tmp_path: Path) -> None:
     rows = {names.get(n, str(n)): i for i, n in enumerate(sc["nr"])}
     assert sc["ret"][rows["openat"]] == -errno.ENOENT
     assert sc["ret"][rows["mmap"]] == 0x7F0000000000
-    # The unfinished read starts at its first line and lasts as -T says.
+    # The unfinished read starts at its first line and lasts as long as its -T value.
     read = rows["read"]
     assert sc["ts_ns"][read] == 1_700_000_000_000_800_000
     assert sc["duration_ns"][read] == 200_000

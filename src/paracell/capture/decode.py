@@ -40,9 +40,9 @@ def decode_spool(
 ) -> DecodeResult:
     """Decode spool files ``(role, cpu, path)`` into columns per tracepoint.
 
-    ``formats`` gives each tracepoint's layout and ``roles`` which instance
-    recorded it; a record whose type id belongs to no chosen tracepoint of
-    its instance is counted in ``unknown_types`` and dropped.
+    ``formats`` gives each tracepoint's layout and ``roles`` the instance
+    that recorded it. A record whose type id belongs to no chosen tracepoint
+    of its instance is counted in ``unknown_types`` and dropped.
     """
     parts: dict[Tracepoint, list[Columns]] = {tp: [] for tp in formats}
     result = DecodeResult({})

@@ -1,4 +1,4 @@
-"""Which tracepoints feed which trace kind, and in which tracefs instance.
+"""The tracepoints behind each trace kind, and the tracefs instance of each.
 
 Two instances are used. The *tree* instance follows the traced command and
 its descendants through ``set_event_pid`` and the ``event-fork`` option, so

@@ -2,7 +2,7 @@
 
 One thread polls every ``per_cpu/cpuN/trace_pipe_raw`` of our instances.
 ``poll`` on these files wakes when a buffer reaches the instance's
-``buffer_percent`` fill level; a timer wakes it in any case so a quiet
+``buffer_percent`` fill level. A timer wakes it in any case, so a quiet
 buffer is still drained. Each wake-up copies whole pages with non-blocking
 reads until the buffer is empty, so the reader runs a few times a second
 instead of once per event. Pages are decoded only after the command exits.

@@ -1,10 +1,11 @@
 """Record a command and its descendants through tracefs into a trace directory.
 
-The steps: mount tracefs if needed, create our instances, fork the command
-blocked, arm tracing on its pid, release it, copy the ring buffers to spool
-files while it runs, stop tracing when it exits, remove the instances, then
-decode the pages, pair system calls, keep the allocator events that belong to
-the tree, and write the trace atomically.
+While the command runs, tracefs is mounted if needed and our instances are
+created. The command is forked blocked, tracing is armed on its pid, and the
+ring buffers are copied to spool files until it exits. Then tracing stops and
+the instances are removed. Afterwards the pages are decoded, system calls are
+paired, the allocator events of the tree are selected, and the trace is
+written atomically.
 """
 
 from __future__ import annotations
@@ -38,12 +39,14 @@ from paracell.capture.events import (
     SYS_ENTER,
     SYS_EXIT,
     TASK_NEWTASK,
+    Tracepoint,
     tracepoints_for,
 )
 from paracell.capture.launcher import BlockedChild, exit_status
 from paracell.capture.pairing import pair_syscalls
 from paracell.capture.reader import RawReader
 from paracell.capture.session import (
+    Session,
     arm_session,
     close_session,
     open_session,
@@ -106,15 +109,22 @@ class CaptureResult:
     signals: list[int] = field(default_factory=list)
 
 
-class _SignalForwarder:
-    """Forward SIGINT and SIGTERM to the child while it runs; SIGKILL on the third."""
+class _Signals:
+    """SIGINT and SIGTERM handling for the whole capture.
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    While the command runs, each signal is forwarded to it (SIGKILL on the
+    third) and the capture goes on until the command exits, so the trace is
+    still written. Outside that window, both raise KeyboardInterrupt so the
+    cleanup in ``finally`` blocks runs, SIGTERM included.
+    """
+
+    def __init__(self) -> None:
+        self.child_pid: int | None = None
         self.received: list[int] = []
         self._old: dict[int, object] = {}
 
-    def __enter__(self) -> _SignalForwarder:
+    def __enter__(self) -> _Signals:
+        # Handlers can only be installed from the main thread.
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -122,15 +132,17 @@ class _SignalForwarder:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
+        if self.child_pid is None:
+            raise KeyboardInterrupt
         target = signal.SIGKILL if len(self.received) >= 3 else signum
         log.warning(
             "received signal %d; sending %d to the traced command (pid %d)",
             signum,
             target,
-            self.pid,
+            self.child_pid,
         )
         try:
-            os.kill(self.pid, target)
+            os.kill(self.child_pid, target)
         except ProcessLookupError:
             pass
 
@@ -139,14 +151,28 @@ class _SignalForwarder:
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
+@dataclass
+class _Recording:
+    """What the traced run left behind: spool files, layouts, times and losses."""
+
+    files: list[tuple[str, int, Path]]
+    session: Session
+    root_pid: int
+    wait_status: int
+    start_ns: int
+    end_ns: int
+    start_wall: _dt.datetime
+    lost: dict[str, dict[int, int]]
+
+
 def capture(
     options: CaptureOptions, on_started: Callable[[int], None] | None = None
 ) -> CaptureResult:
     """Run ``options.command`` under tracing and write the trace.
 
     Returns once the trace is written; the command's exit status is in the
-    result. Raises :class:`CaptureError` when tracing cannot start; tracefs
-    is left as it was found on every path.
+    result. Raises :class:`CaptureError` when tracing cannot start. tracefs
+    is left as it was found on every path, including SIGINT and SIGTERM.
     """
     if options.output.exists() and not options.overwrite:
         raise CaptureError(
@@ -159,66 +185,89 @@ def capture(
         # free, whichever allocator kinds end up in the trace.
         needed += ["mm_page_alloc", "mm_page_free"]
     tracepoints = tracepoints_for(needed)
-    mount = mount_tracefs()
-    top = TraceFS(mount.root)
-    try:
-        if options.spool_dir is not None:
-            options.spool_dir.mkdir(parents=True, exist_ok=True)
-            return _capture_mounted(
-                options, top, tracepoints, options.spool_dir, on_started
-            )
-        with tempfile.TemporaryDirectory(prefix="paracell-spool-") as spool:
-            return _capture_mounted(options, top, tracepoints, Path(spool), on_started)
-    finally:
-        mount.release()
+    with _Signals() as signals:
+        mount = mount_tracefs()
+        try:
+            top = TraceFS(mount.root)
+            if options.spool_dir is not None:
+                options.spool_dir.mkdir(parents=True, exist_ok=True)
+                recording = _record(
+                    options, top, tracepoints, options.spool_dir, signals, on_started
+                )
+                return _write(options, recording, tracepoints, signals)
+            with tempfile.TemporaryDirectory(prefix="paracell-spool-") as spool:
+                recording = _record(
+                    options, top, tracepoints, Path(spool), signals, on_started
+                )
+                return _write(options, recording, tracepoints, signals)
+        finally:
+            mount.release()
 
 
-def _capture_mounted(
+def _record(
     options: CaptureOptions,
     top: TraceFS,
-    tracepoints: list,
+    tracepoints: list[Tracepoint],
     spool: Path,
+    signals: _Signals,
     on_started: Callable[[int], None] | None,
-) -> CaptureResult:
+) -> _Recording:
+    """Run the command under tracing; tracefs is restored when this returns."""
     session = open_session(top, tracepoints, options.buffer_kb, options.buffer_percent)
     child = BlockedChild(list(options.command))
-    reader: RawReader | None = None
+    reader = RawReader(session, spool)
     started = False
     try:
-        reader = RawReader(session, spool)
         reader.open()
         # Fork before the reader thread exists: a forked child of a
         # threaded process may only call async-signal-safe functions.
         child.spawn()
         reader_tid = reader.start()
-        arm_session(
-            session, child.pid, [os.getpid(), threading.get_native_id(), reader_tid]
-        )
-        with _SignalForwarder(child.pid) as forwarder:
-            start_wall = _dt.datetime.now(_dt.UTC)
-            start_ns = child.release()
-            started = True
-            if on_started is not None:
-                on_started(child.pid)
-            status, end_ns = child.wait()
+        own_tids = [os.getpid(), threading.get_native_id(), reader_tid]
+        arm_session(session, child.pid, own_tids)
+
+        start_wall = _dt.datetime.now(_dt.UTC)
+        signals.child_pid = child.pid
+        start_ns = child.release()
+        started = True
+        if on_started is not None:
+            on_started(child.pid)
+        status, end_ns = child.wait()
+        signals.child_pid = None
+
         stop_session(session)
         reader.stop()
         lost = read_lost_events(session)
     finally:
-        if reader is not None:
-            reader.close()
+        signals.child_pid = None
+        reader.close()
         if not started:
             child.cancel()
         close_session(session)
     files = [(f.role, f.cpu, f.out_path) for f in reader.files]
+    return _Recording(
+        files, session, child.pid, status, start_ns, end_ns, start_wall, lost
+    )
+
+
+def _write(
+    options: CaptureOptions,
+    rec: _Recording,
+    tracepoints: list[Tracepoint],
+    signals: _Signals,
+) -> CaptureResult:
+    """Decode the spooled pages, build the tables and write the trace."""
+    session = rec.session
     roles = {tp: tp.instance for tp in tracepoints}
     t0 = time.perf_counter()
     decoded = decode_spool(
-        files, session.page_size, session.layout, session.formats, roles
+        rec.files, session.page_size, session.layout, session.formats, roles
     )
-    tables, counters = build_tables(decoded, options.kinds, child.pid, start_ns, end_ns)
+    tables, notes = build_tables(
+        decoded, options.kinds, rec.root_pid, rec.start_ns, rec.end_ns
+    )
     decode_s = time.perf_counter() - t0
-    lost_events = _lost_summary(lost, decoded)
+
     operations = options.operations
     if options.operations_from is not None:
         try:
@@ -226,6 +275,8 @@ def _capture_mounted(
         except CaptureError as exc:
             # The events are still worth keeping; only the count is missing.
             log.warning("%s; writing the trace without an operation count", exc)
+    lost_events = _lost_summary(rec.lost, decoded)
+    status = exit_status(rec.wait_status)
     manifest = Manifest(
         workload=Workload(
             name=options.name or os.path.basename(options.command[0]),
@@ -240,28 +291,28 @@ def _capture_mounted(
         cpu_count=sysinfo.cpu_count(),
         page_size=sysinfo.page_size(),
         memory_bytes=sysinfo.memory_bytes(),
-        start_time=start_wall.isoformat(timespec="seconds"),
-        start_ts_ns=start_ns,
-        end_ts_ns=end_ns,
+        start_time=rec.start_wall.isoformat(timespec="seconds"),
+        start_ts_ns=rec.start_ns,
+        end_ts_ns=rec.end_ns,
         clock="mono",
         source="tracefs",
         event_kinds=[],
         event_counts={},
         lost_events=lost_events,
         tool_version=__version__,
-        exit_status=exit_status(status),
-        notes=counters,
+        exit_status=status,
+        notes=notes,
     )
     trace = write_trace(options.output, manifest, tables, overwrite=options.overwrite)
     return CaptureResult(
-        trace,
-        exit_status(status),
-        lost_events["total"],
-        end_ns - start_ns,
-        decode_s,
-        decoded.records,
-        child.pid,
-        forwarder.received,
+        trace=trace,
+        exit_status=status,
+        lost_total=lost_events["total"],
+        wall_ns=rec.end_ns - rec.start_ns,
+        decode_s=decode_s,
+        records=decoded.records,
+        root_pid=rec.root_pid,
+        signals=list(signals.received),
     )
 
 

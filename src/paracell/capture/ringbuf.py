@@ -5,7 +5,7 @@ A page starts with a header (page timestamp, commit word, see
 word holding a 5-bit ``type_len`` and a 27-bit ``time_delta``:
 
 * ``type_len`` 1..28: a data record of ``type_len * 4`` bytes follows;
-* ``type_len`` 0: the next 32-bit word holds the length (it counts itself)
+* ``type_len`` 0: the next 32-bit word contains the length (which counts itself)
   and the record follows it;
 * padding (29): the rest of the page when ``time_delta`` is 0, otherwise a
   discarded record whose length is in the next word; padding does not move

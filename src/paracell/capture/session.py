@@ -2,8 +2,8 @@
 
 Everything this module changes lives inside instances it creates, so
 removing them restores the global tracing state. Instance names carry the
-capture's process id; an instance left behind by a capture that was killed
-with SIGKILL is removed by the next capture once its owner is gone.
+capture's process id. When a capture is killed with SIGKILL, the next capture
+removes the instances it left behind once their owner is gone.
 """
 
 from __future__ import annotations

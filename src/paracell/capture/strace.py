@@ -137,8 +137,8 @@ def _parse_line(
     frac = m.group("frac")
     ts_ns = int(m.group("sec")) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
     pid_text = m.group("pid")
-    # Without -f, or before the first fork, strace omits the pid; that task
-    # is the root, whose pid the log learns from a later prefixed line.
+    # A line without a pid (a log recorded without -f) belongs to the root
+    # task. Its pid is taken from the first line that has one.
     tid = int(pid_text) if pid_text is not None else 0
     if log.root_tid is None and pid_text is not None:
         log.root_tid = tid
@@ -286,8 +286,8 @@ def import_strace(
 ) -> Trace:
     """Convert ``log_path`` into a trace directory at ``output``."""
     log = parse_strace_log(log_path)
-    # Lines without a pid belong to the first task; its pid is learnt from
-    # the first line that has one (0 when no line has, a log without -f).
+    # Lines without a pid belong to the root task, whose pid is that of the
+    # first line with one. A log recorded without -f has none, so it is 0.
     root = log.root_tid or 0
     tid = np.array(log.tid, dtype=np.int64)
     tid[tid == 0] = root

@@ -160,11 +160,12 @@ def filter_allocator_events(
 ) -> np.ndarray:
     """Return a keep-mask over time-sorted allocator events of all tasks.
 
-    Kept: allocations by tree tasks; the free (and batched free) of every
-    page the tree allocated, from whatever context; per-CPU list refills
-    by tree tasks; per-CPU drains of pages the tree allocated last. Pages
-    are tracked one 4 KiB frame at a time, so an order-9 allocation freed
-    as order-0 pieces after a split is followed piece by piece.
+    Kept are allocations by tree tasks and the free (and batched free) of
+    every page the tree allocated, from whatever context. Also kept are
+    per-CPU list refills by tree tasks and per-CPU drains of pages the tree
+    allocated last. Pages are tracked one 4 KiB frame at a time, so an
+    order-9 allocation freed as order-0 pieces after a split is followed
+    piece by piece.
     """
     if code.size == 0:
         return np.zeros(0, dtype=bool)
