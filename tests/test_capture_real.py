@@ -299,3 +299,34 @@ def test_missing_command_reports_error(tmp_path: Path) -> None:
     assert "command not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "trace").exists()
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 0.8, 1.5, 2.5])
+def test_sigterm_any_phase_restores(
+    tmp_path: Path,
+    tracefs_top,  # noqa: F811
+    delay_s: float,
+) -> None:
+    """SIGTERM at any moment (imports, setup, run) leaves tracefs as it was."""
+    before = tracefs_state(tracefs_top)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "paracell",
+            "trace",
+            "-o",
+            str(tmp_path / "t"),
+            "--",
+            "sleep",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    assert tracefs_state(tracefs_top) == before

@@ -17,7 +17,8 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -122,6 +123,8 @@ class _Signals:
         self.child_pid: int | None = None
         self.received: list[int] = []
         self._old: dict[int, object] = {}
+        self._deferring = False
+        self._pending = False
 
     def __enter__(self) -> _Signals:
         # Handlers can only be installed from the main thread.
@@ -133,6 +136,9 @@ class _Signals:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
         if self.child_pid is None:
+            if self._deferring:
+                self._pending = True
+                return
             raise KeyboardInterrupt
         target = signal.SIGKILL if len(self.received) >= 3 else signum
         log.warning(
@@ -149,6 +155,19 @@ class _Signals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold back the interrupt during cleanup; raise it once cleanup is done."""
+        outer = self._deferring
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = outer
+        if self._pending and not outer:
+            self._pending = False
+            raise KeyboardInterrupt
 
 
 @dataclass
@@ -201,7 +220,8 @@ def capture(
                 )
                 return _write(options, recording, tracepoints, signals)
         finally:
-            mount.release()
+            with signals.deferred():
+                mount.release()
 
 
 def _record(
@@ -240,10 +260,11 @@ def _record(
         lost = read_lost_events(session)
     finally:
         signals.child_pid = None
-        reader.close()
-        if not started:
-            child.cancel()
-        close_session(session)
+        with signals.deferred():
+            reader.close()
+            if not started:
+                child.cancel()
+            close_session(session)
     files = [(f.role, f.cpu, f.out_path) for f in reader.files]
     return _Recording(
         files, session, child.pid, status, start_ns, end_ns, start_wall, lost
