@@ -99,6 +99,83 @@ def workloads(work: Path) -> dict[str, list[str] | str]:
     return out
 
 
+NGINX_CONF = """\
+worker_processes 2;
+daemon off;
+pid {work}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{ listen 127.0.0.1:{port}; root {work}/www; }}
+}}
+"""
+
+
+def nginx_rate(work: Path, traced: bool, duration_s: int = 2) -> float:
+    """Start nginx (traced or not), run wrk against it, return requests/s."""
+    port = 18081
+    (work / "www").mkdir(exist_ok=True)
+    (work / "www" / "index.html").write_text("<html>" + "paracell " * 200 + "</html>")
+    conf = work / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(work=work, port=port))
+    pid_file = work / "nginx.pid"
+    pid_file.unlink(missing_ok=True)
+    command = ["nginx", "-c", str(conf), "-p", str(work)]
+    if traced:
+        command = [
+            sys.executable,
+            "-m",
+            "paracell",
+            "-q",
+            "trace",
+            "-o",
+            str(work / "trace-nginx"),
+            "--force",
+            "--",
+            *command,
+        ]
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx did not start")
+            time.sleep(0.05)
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t",
+                "2",
+                "-c",
+                "16",
+                "-d",
+                f"{duration_s}s",
+                f"http://127.0.0.1:{port}/index.html",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        os.kill(int(pid_file.read_text()), 3)  # SIGQUIT: graceful stop
+        server.wait(timeout=120)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError(f"no Requests/sec in wrk output: {out!r}")
+
+
 def run_untraced(command: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run(
@@ -172,7 +249,25 @@ def main() -> int:
                 f"{name:<8} {p:>10.3f} {c:>9.3f} {c / p:>6.2f} {t:>13.3f} {t / p:>6.2f}"
                 f"  {events} events, {counts['lost']} lost"
             )
+        if not args.only or "nginx" in args.only.split(","):
+            bench_nginx(work, args.reps)
     return 0
+
+
+def bench_nginx(work: Path, reps: int) -> None:
+    """Compare the request rate of nginx under wrk, traced and untraced."""
+    if not (shutil.which("nginx") and shutil.which("wrk")):
+        print("nginx    skipped: nginx or wrk is not installed")
+        return
+    plain_rate, traced_rate = [], []
+    for _ in range(reps):
+        plain_rate.append(nginx_rate(work, traced=False))
+        traced_rate.append(nginx_rate(work, traced=True))
+    plain, traced = statistics.median(plain_rate), statistics.median(traced_rate)
+    print(
+        f"nginx under wrk (2 s, 16 connections): {plain:.0f} requests/s untraced, "
+        f"{traced:.0f} traced, slowdown {plain / traced:.2f}x"
+    )
 
 
 if __name__ == "__main__":

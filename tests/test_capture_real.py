@@ -330,3 +330,22 @@ def test_sigterm_any_phase_restores(
     _, stderr = proc.communicate(timeout=120)
     assert "Traceback" not in stderr
     assert tracefs_state(tracefs_top) == before
+
+
+def test_lost_events_reported(tmp_path: Path) -> None:
+    """A tiny buffer under a burst of system calls loses events, and says so."""
+    result = run_trace(
+        tmp_path / "trace",
+        sys.executable,
+        "-c",
+        "import os\nfor _ in range(300000): os.getppid()",
+        extra=("--buffer-kb", "64", "--events", "syscalls"),
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(tmp_path / "trace", validate=True)
+    lost = trace.manifest.lost_events
+    assert lost["total"] > 0
+    assert lost["total"] == sum(v for k, v in lost.items() if k.startswith("cpu"))
+    assert f"{lost['total']} events were lost" in result.stderr
+    getppid = trace.column("syscalls", "nr") == SYSCALL_NR["getppid"]
+    assert getppid.sum() < 300000
