@@ -349,3 +349,18 @@ def test_lost_events_reported(tmp_path: Path) -> None:
     assert f"{lost['total']} events were lost" in result.stderr
     getppid = trace.column("syscalls", "nr") == SYSCALL_NR["getppid"]
     assert getppid.sum() < 300000
+
+
+def test_foreign_syscall_numbers_dropped(tmp_path: Path) -> None:
+    """Numbers no x86-64 call has (here 5000) are dropped and counted in notes."""
+    result = run_trace(
+        tmp_path / "trace",
+        sys.executable,
+        "-c",
+        "import ctypes\nlibc = ctypes.CDLL(None)\nfor _ in range(3): libc.syscall(5000)",
+        extra=("--events", "syscalls"),
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(tmp_path / "trace", validate=True)
+    assert any("dropped 3 with numbers outside" in n for n in trace.manifest.notes)
+    assert trace.column("syscalls", "nr").max() <= 1023

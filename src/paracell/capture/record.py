@@ -66,7 +66,7 @@ from paracell.capture.tree import (
 )
 from paracell.errors import CaptureError
 from paracell.trace.manifest import Manifest, Workload
-from paracell.trace.schema import ALLOCATOR_KINDS, arrow_schema
+from paracell.trace.schema import ALLOCATOR_KINDS, MAX_SYSCALL_NR, arrow_schema
 from paracell.trace.store import Trace, write_trace
 
 log = logging.getLogger("paracell.capture")
@@ -407,6 +407,15 @@ def build_tables(
 
     if "syscalls" in kinds:
         rows = pair_syscalls(window(cols[SYS_ENTER]), window(cols[SYS_EXIT]))
+        # sys_enter reports -1 for a call cancelled by seccomp or ptrace, and
+        # x32 or ia32 numbers for such programs; the table holds x86-64 calls.
+        native = (rows["nr"] >= 0) & (rows["nr"] <= MAX_SYSCALL_NR)
+        if not native.all():
+            dropped = int((~native).sum())
+            notes.append(f"syscalls: dropped {dropped} with numbers outside 0-"
+                         f"{MAX_SYSCALL_NR} (x32, ia32 or cancelled calls)")
+            log.warning("dropped %d system calls with non-x86-64 numbers", dropped)
+            rows = {k: v[native] for k, v in rows.items()}
         rows["pid"] = tree.tgid_of(rows["tid"], rows["ts_ns"])
         tables["syscalls"] = _table("syscalls", rows)
     if "page_fault_user" in kinds:
