@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -364,3 +365,46 @@ def test_foreign_syscall_numbers_dropped(tmp_path: Path) -> None:
     trace = load_trace(tmp_path / "trace", validate=True)
     assert any("dropped 3 with numbers outside" in n for n in trace.manifest.notes)
     assert trace.column("syscalls", "nr").max() <= 1023
+
+
+def test_without_root_names_fallback() -> None:
+    """As user nobody, the capture stops with exit 2 and names the fallback."""
+    # The interpreter's files may be unreadable for nobody (a pyenv under
+    # /root), so everything the CLI imports is imported before the fork.
+    import paracell.capture.record  # noqa: F401
+    from paracell.cli import build_parser, main
+
+    build_parser()
+
+    workdir = Path(tempfile.mkdtemp(prefix="paracell-nobody-"))
+    workdir.chmod(0o777)
+    out = workdir / "trace"
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root, run the CLI in-process, report its status
+        try:
+            os.close(read_fd)
+            # pytest replaces sys.stderr; the CLI prints its error there.
+            sys.stderr = os.fdopen(write_fd, "w")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            status = main(["trace", "-o", str(out), "--", "true"])
+            sys.stderr.flush()
+            os._exit(status)
+        except BaseException as exc:  # reported through the pipe
+            os.write(write_fd, f"child failed: {exc!r}".encode())
+        finally:
+            os._exit(99)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        stderr = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "root" in lines[0]
+    assert "strace -f -ttt -T -o LOG CMD" in lines[0]
+    assert "paracell import-strace LOG -o DIR" in lines[0]
+    assert not out.exists()
+    workdir.rmdir()

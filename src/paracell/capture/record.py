@@ -193,7 +193,14 @@ def capture(
     result. Raises :class:`CaptureError` when tracing cannot start. tracefs
     is left as it was found on every path, including SIGINT and SIGTERM.
     """
-    if options.output.exists() and not options.overwrite:
+    try:
+        exists = options.output.exists()
+    except OSError as exc:
+        raise CaptureError(
+            f"{options.output}: cannot check the output: {exc.strerror}",
+            hint="choose a directory you can write to",
+        ) from None
+    if exists and not options.overwrite:
         raise CaptureError(
             f"{options.output}: output already exists",
             hint="choose another -o or remove it first",
@@ -412,8 +419,10 @@ def build_tables(
         native = (rows["nr"] >= 0) & (rows["nr"] <= MAX_SYSCALL_NR)
         if not native.all():
             dropped = int((~native).sum())
-            notes.append(f"syscalls: dropped {dropped} with numbers outside 0-"
-                         f"{MAX_SYSCALL_NR} (x32, ia32 or cancelled calls)")
+            notes.append(
+                f"syscalls: dropped {dropped} with numbers outside 0-"
+                f"{MAX_SYSCALL_NR} (x32, ia32 or cancelled calls)"
+            )
             log.warning("dropped %d system calls with non-x86-64 numbers", dropped)
             rows = {k: v[native] for k, v in rows.items()}
         rows["pid"] = tree.tgid_of(rows["tid"], rows["ts_ns"])

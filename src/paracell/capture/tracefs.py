@@ -28,8 +28,8 @@ DEBUGFS_MOUNT = Path("/sys/kernel/debug")
 DEBUGFS_TRACING = DEBUGFS_MOUNT / "tracing"
 
 FALLBACK_HINT = (
-    "without tracefs, record with `strace -f -ttt -T -o LOG CMD` and convert "
-    "with `paracell import-strace LOG -o DIR`"
+    "to trace without root or tracefs, record with `strace -f -ttt -T -o LOG CMD` "
+    "and convert with `paracell import-strace LOG -o DIR`"
 )
 
 
@@ -228,8 +228,12 @@ def find_tracefs() -> Path | None:
     """Return a mounted tracefs root, or None."""
     if is_mounted(TRACEFS_MOUNT, "tracefs"):
         return TRACEFS_MOUNT
-    if (DEBUGFS_TRACING / "events").is_dir():
-        return DEBUGFS_TRACING
+    try:
+        if (DEBUGFS_TRACING / "events").is_dir():
+            return DEBUGFS_TRACING
+    except PermissionError:
+        # debugfs is mode 0700: only root can look inside.
+        pass
     for mount_point, fstype in _mounts():
         if fstype == "tracefs":
             return Path(mount_point)
