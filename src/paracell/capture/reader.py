@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class RawReader:
     files: list[BufferFile] = field(default_factory=list)
     error: BaseException | None = None
     wakeups: int = 0
+    # CPU time the reader thread used, in seconds (set when it ends).
+    cpu_s: float = 0.0
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -95,6 +98,8 @@ class RawReader:
                         self._drain(by_fd[fd])
         except BaseException as exc:  # reported by stop() in the main thread
             self.error = exc
+        finally:
+            self.cpu_s = time.thread_time()
 
     def _drain(self, f: BufferFile) -> None:
         page_size = self.session.page_size
@@ -130,6 +135,12 @@ class RawReader:
                     self._drain(f)
         finally:
             self.close()
+        log.info(
+            "reader: %d wake-ups, %d pages, %.3f s CPU while the command ran",
+            self.wakeups,
+            sum(f.pages for f in self.files),
+            self.cpu_s,
+        )
         if error is not None:
             raise CaptureError(f"reading the trace buffers failed: {error}") from None
 
