@@ -50,9 +50,11 @@ def test_setup_writes_in_order() -> None:
     session = open_session(top, tps, buffer_kb=2048, buffer_percent=25)
     arm_session(session, child_pid=4242, notrace_tids=[10, 11])
     close_session(session)
+
     me = os.getpid()
     tree, system = f"instances/paracell-{me}-tree", f"instances/paracell-{me}-system"
     writes = top.writes
+
     assert writes[0] == (tree, "<mkdir>")
     for role in (tree, system):
         assert (f"{role}/trace_clock", "mono") in writes
@@ -62,6 +64,7 @@ def test_setup_writes_in_order() -> None:
     assert (f"{tree}/options/event-fork", "1") in writes
     assert (f"{tree}/set_event_pid", "4242") in writes
     assert (f"{system}/set_event_notrace_pid", "10 11") in writes
+
     enables = [p for p, v in writes if p.endswith("/enable") and v == "1"]
     assert enables == [
         f"{system}/events/task/task_newtask/enable",
@@ -73,6 +76,7 @@ def test_setup_writes_in_order() -> None:
     assert writes.index((f"{tree}/set_event_pid", "4242")) < writes.index(
         (f"{system}/events/task/task_newtask/enable", "1")
     )
+
     assert writes[-4:] == [
         (f"{system}/tracing_on", "0"),
         (system, "<rmdir>"),

@@ -138,36 +138,30 @@ def test_real_strace_log(tmp_path: Path) -> None:
     )
     log = tmp_path / "strace.log"
     ids = tmp_path / "ids"
+    command = ["strace", "-f", "-ttt", "-T", "-o", str(log)]
     done = subprocess.run(
-        [
-            "strace",
-            "-f",
-            "-ttt",
-            "-T",
-            "-o",
-            str(log),
-            sys.executable,
-            str(script),
-            str(ids),
-        ],
+        [*command, sys.executable, str(script), str(ids)],
         capture_output=True,
         text=True,
     )
     if done.returncode != 5 and "ptrace" in done.stderr:
         pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
     assert done.returncode == 5, done.stderr
+
     root, child, thread = (int(x) for x in ids.read_text().split())
     trace = import_strace(log, tmp_path / "t")
     sc = trace.table("syscalls").to_pydict()
     nr = np.array(sc["nr"])
     prio = np.flatnonzero(nr == SYSCALL_NR["getpriority"])
     sid = np.flatnonzero(nr == SYSCALL_NR["getsid"])
+
     assert prio.size == n_child
     assert sid.size == n_thread
     assert {sc["pid"][i] for i in prio} == {child}
     assert {sc["pid"][i] for i in sid} == {root}
     assert {sc["tid"][i] for i in sid} == {thread}
     assert {sc["ret"][i] for i in sid} == {os.getsid(0)}
+
     # Every call line of the log became one row.
     lines = log.read_text().splitlines()
     calls = [
