@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="trace directory to write (must not exist)",
+        help="trace directory to write (must not exist unless --force)",
     )
     parser.add_argument("--name", help="workload name (default: basename of CMD)")
     parser.add_argument(
