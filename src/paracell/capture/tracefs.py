@@ -219,7 +219,9 @@ class Mount:
                 _umount(target)
                 log.debug("unmounted %s", target)
             except OSError as exc:
-                # EBUSY: another tracer opened files meanwhile; leave it mounted.
+                # NOTE: EBUSY means another tracer (a second capture, say) has
+                # files open there. It stays mounted; that tracer found it
+                # mounted and will not unmount it either.
                 log.warning("could not unmount %s: %s", target, exc.strerror)
         self.mounted_by_us.clear()
 
