@@ -7,6 +7,7 @@ runs as a subprocess through the CLI, as a user would run it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -400,11 +401,13 @@ def test_without_root_names_fallback() -> None:
     with os.fdopen(read_fd) as pipe:
         stderr = pipe.read()
     _, status = os.waitpid(pid, 0)
+    created = out.exists()
+    shutil.rmtree(workdir)
+
     assert os.waitstatus_to_exitcode(status) == 2, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert "root" in lines[0]
     assert "strace -f -ttt -T -o LOG CMD" in lines[0]
     assert "paracell import-strace LOG -o DIR" in lines[0]
-    assert not out.exists()
-    workdir.rmdir()
+    assert not created
