@@ -118,3 +118,16 @@ def test_syscall_number_getppid():
 def test_madvise_error_names_errno():
     with pytest.raises(LiveError, match="EINVAL"):
         kernel.madvise(0x1001, PAGE_SIZE, kernel.MADV_DONTNEED)  # unaligned address
+
+
+def test_smaps_reader_grows_its_buffer():
+    # /proc/self/smaps of this process is far larger than 4 KiB.
+    reader = kernel.SmapsReader(sz_bytes=4096)
+    with GuestRegion(64) as region:
+        ex.touch_pages(region.mem, 0, 10, _clock(), kernel.CLOCK_MONOTONIC)
+        usage = reader.usage(region.addr)
+        again = reader.usage(region.addr)
+    assert usage is not None
+    assert usage.rss_bytes == 10 * PAGE_SIZE
+    assert again == usage
+    assert reader.usage(0x1000) is None

@@ -266,33 +266,63 @@ class MappingUsage:
     thp_eligible: bool
 
 
-def smaps_usage(addr: int) -> MappingUsage | None:
-    """Return the smaps fields of the mapping at ``addr`` (None: no such mapping)."""
-    text = _read_text(Path("/proc/self/smaps"))
-    start = f"{addr:x}-"
-    fields: dict[str, int] = {}
-    found = False
-    for line in text.splitlines():
-        head = line.split(None, 1)[0] if line else ""
-        if "-" in head and not head.endswith(":"):
-            if found:
-                break
-            found = head.startswith(start)
-            continue
-        if found:
-            name, _, rest = line.partition(":")
+class SmapsReader:
+    """Reads /proc/self/smaps into one reused buffer.
+
+    The buffer is written through when it is made, so reading smaps while
+    the fault counters run takes no page fault unless the file outgrows it.
+    """
+
+    def __init__(self, sz_bytes: int = 1 << 20) -> None:
+        self._buffer = bytearray(b"\0") * sz_bytes
+
+    def _read(self) -> int:
+        fd = os.open("/proc/self/smaps", os.O_RDONLY)
+        try:
+            used = 0
+            while True:
+                if used == len(self._buffer):
+                    self._buffer += bytearray(b"\0") * len(self._buffer)
+                got = os.readv(fd, [memoryview(self._buffer)[used:]])
+                if got == 0:
+                    return used
+                used += got
+        finally:
+            os.close(fd)
+
+    def usage(self, addr: int) -> MappingUsage | None:
+        """Return the smaps fields of the mapping at ``addr`` (None: none there)."""
+        used = self._read()
+        data = self._buffer
+        key = b"%x-" % addr
+        if data.startswith(key):
+            start = 0
+        else:
+            found = data.find(b"\n" + key, 0, used)
+            if found < 0:
+                return None
+            start = found + 1
+        # Every entry ends with its VmFlags line (Linux 3.8 and later).
+        end = data.find(b"\nVmFlags:", start, used)
+        block = bytes(data[start : end if end >= 0 else used])
+        fields: dict[str, int] = {}
+        for line in block.split(b"\n")[1:]:
+            name, _, rest = line.partition(b":")
             parts = rest.split()
             if parts and parts[0].isdigit():
-                scale = 1024 if len(parts) > 1 and parts[1] == "kB" else 1
-                fields[name.strip()] = int(parts[0]) * scale
-    if not found:
-        return None
-    return MappingUsage(
-        size_bytes=fields.get("Size", 0),
-        rss_bytes=fields.get("Rss", 0),
-        anon_huge_bytes=fields.get("AnonHugePages", 0),
-        thp_eligible=fields.get("THPeligible", 0) == 1,
-    )
+                scale = 1024 if len(parts) > 1 and parts[1] == b"kB" else 1
+                fields[name.strip().decode()] = int(parts[0]) * scale
+        return MappingUsage(
+            size_bytes=fields.get("Size", 0),
+            rss_bytes=fields.get("Rss", 0),
+            anon_huge_bytes=fields.get("AnonHugePages", 0),
+            thp_eligible=fields.get("THPeligible", 0) == 1,
+        )
+
+
+def smaps_usage(addr: int) -> MappingUsage | None:
+    """Return the smaps fields of the mapping at ``addr`` (None: no such mapping)."""
+    return SmapsReader().usage(addr)
 
 
 def mapped_ranges() -> list[tuple[int, int]]:

@@ -313,6 +313,7 @@ def execute_stream(
     op_missing = np.full(ts.size, 0, dtype=np.int64)
     mem = region.mem
     guard = _Guard(limits)
+    smaps = kernel.SmapsReader()
     resident0 = ex.count_resident(region.addr, region.nr_pages, vec)
     if resident0 != 0:
         raise LiveError(
@@ -401,7 +402,7 @@ def execute_stream(
             sample_resident[sample] = full
             sample_tracked[sample] = state[ex.S_RESIDENT]
             if region.huge:
-                usage = kernel.smaps_usage(region.addr)
+                usage = smaps.usage(region.addr)
                 sample_huge[sample] = usage.anon_huge_bytes if usage else 0
             sample += 1
         wall_ns = time.monotonic_ns() - wall0
