@@ -98,8 +98,8 @@ def syscall_number(name: str) -> int:
     table = _SYSCALL_NUMBERS.get(machine)
     if table is None:
         raise LiveError(
-            f"the live replay knows the system call numbers of "
-            f"{', '.join(_SYSCALL_NUMBERS)} only, not {machine}"
+            f"the live replay has system call numbers for "
+            f"{', '.join(_SYSCALL_NUMBERS)} only, not for {machine}"
         )
     return table[name]
 
