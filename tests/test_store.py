@@ -303,14 +303,17 @@ def test_save_run_records_options_and_overrides(
     assert record_run(args, "latency", trace, {"x": 1}) is None
 
 
-@pytest.mark.parametrize("command", ["latency", "compare"])
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [("latency", []), ("compare", []), ("live", ["--policy", "pager"])],
+)
 def test_model_command_save_flag(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, extra: list[str]
 ) -> None:
     from paracell.trace import load_trace, shipped_trace_paths
 
     redis = next(p for p in shipped_trace_paths() if p.name == "redis")
-    argv = [command, str(redis), "--json", "--save", "--results", str(tmp_path)]
+    argv = [command, str(redis), *extra, "--json", "--save", "--results", str(tmp_path)]
     assert main(argv) == 0
     captured = capsys.readouterr()
     json.loads(captured.out)

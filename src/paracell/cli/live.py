@@ -14,7 +14,9 @@ from paracell.cli._common import (
     load_traces,
     print_json,
 )
+from paracell.cli.results import record_run
 from paracell.errors import ParacellError
+from paracell.reports.saving import add_save_arguments
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -84,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_profile_argument(parser)
     add_json_argument(parser)
+    add_save_arguments(parser)
 
 
 def parse_size(text: str, option: str) -> int:
@@ -142,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         )
         document = report.to_dict()
         document["path"] = str(trace.path)
+        record_run(args, "live", trace, document)
         if args.plot:
             from paracell.live.plot import plot_live
 
