@@ -62,7 +62,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from paracell.models import memory
 
     out = tmp_path_factory.mktemp("report")
-    assert main(["report", "--out", str(out)]) == 0
+    empty_store = tmp_path_factory.mktemp("results")
+    assert main(["report", "--out", str(out), "--results", str(empty_store)]) == 0
     # Every shipped trace has allocator events, so each gets every plot, in
     # page order: the policies' footprints, the savings matrix, the latency.
     per_trace = [f"footprint-{policy}" for policy in memory.ALL] + [
@@ -137,6 +138,30 @@ def test_report_trace_without_allocator_events(tmp_path: Path) -> None:
     assert plot_names([section]) == ["latency"]
     path = write_report(tmp_path / "out", page)
     assert path.read_text() == page
+
+
+def test_report_shows_stored_live_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    redis = next(p for p in shipped_trace_paths() if p.name == "redis")
+    results = tmp_path / "results"
+    live = [sys.executable, "-m", "paracell", "live", str(redis), "--policy", "pager"]
+    subprocess.run(
+        [*live, "--json", "--save", "--results", str(results)],
+        check=True,
+        capture_output=True,
+    )
+    out = tmp_path / "out"
+    assert (
+        main(["report", str(redis), "--out", str(out), "--results", str(results)]) == 0
+    )
+    scan = _PageScan()
+    scan.feed((out / "index.html").read_text())
+    text = " ".join(scan.text)
+    assert "Measured on real memory" in text
+    assert "are shown as measured (1 here)" in text
+    assert "measured mean MiB" in text
 
 
 def test_report_bad_trace_exit_2(

@@ -18,6 +18,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory to write index.html into (created if missing)",
     )
     add_profile_argument(parser)
+    parser.add_argument(
+        "--results",
+        type=Path,
+        metavar="DIR",
+        help="results store whose `paracell live --save` runs of these traces are "
+        "shown as measured (default: $PARACELL_RESULTS or ./results, if present)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,11 +32,15 @@ def run(args: argparse.Namespace) -> int:
     from paracell.costs import load_costs
     from paracell.errors import ParacellError
     from paracell.reports.html import evaluate_trace, render_report, write_report
+    from paracell.reports.saving import results_dir
 
     costs = load_costs(args.profile)
     traces = load_traces(args.traces)
+    store_dir = results_dir(args)
+    if args.results is not None and not store_dir.is_dir():
+        raise ParacellError(f"--results {store_dir}: directory not found")
     sections = [
-        evaluate_trace(trace, costs)
+        evaluate_trace(trace, costs, store_dir)
         for trace in progress_bar(traces, len(traces), "modelling traces", args.quiet)
     ]
     page = render_report(sections, costs, args.profile)

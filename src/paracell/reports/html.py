@@ -76,17 +76,47 @@ class TraceSection:
     memory: Any | None = None
     memory_error: str | None = None
     classes: Sequence[str] = field(default_factory=tuple)
+    # Results of `paracell live --save` on this trace, newest per policy.
+    live: list[dict[str, Any]] = field(default_factory=list)
 
 
-def evaluate_trace(trace: Any, costs: CostTable) -> TraceSection:
+def stored_live_runs(results_dir: Path, trace_hash: str) -> list[dict[str, Any]]:
+    """Return the newest stored live run per policy and placement for a trace."""
+    import json
+
+    from paracell.reports.store import DB_NAME, ResultsStore
+
+    if not (results_dir / DB_NAME).exists():
+        return []
+    with ResultsStore(results_dir, create=False) as store:
+        _, rows = store.query(
+            "SELECT run_id, created_at, result_json FROM runs "
+            "WHERE command = 'live' AND trace_hash = ? ORDER BY created_at DESC",
+            (trace_hash,),
+        )
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for run_id, created_at, result_json in rows:
+        result = json.loads(result_json)
+        key = (str(result.get("policy")), str(result.get("placement")))
+        if key not in newest:
+            newest[key] = {"run_id": run_id, "created_at": created_at, **result}
+    return sorted(newest.values(), key=lambda r: (r["policy"], r["placement"]))
+
+
+def evaluate_trace(
+    trace: Any, costs: CostTable, results_dir: Path | None = None
+) -> TraceSection:
     """Run the latency and memory models on one trace for the report.
 
     A model that rejects the trace (for example a trace without allocator
-    events) leaves its part of the section empty with the reason.
+    events) leaves its part of the section empty with the reason. With
+    ``results_dir``, the stored live runs of the trace are added.
     """
     from paracell.models import latency, memory
 
     section = TraceSection(trace=trace, trace_hash=trace.content_hash())
+    if results_dir is not None:
+        section.live = stored_live_runs(results_dir, section.trace_hash)
     section.classes = tuple(getattr(latency, "CLASSES", ()))
     try:
         section.latency = latency.evaluate(trace, costs).to_dict()
@@ -208,7 +238,36 @@ def _memory_part(section: TraceSection) -> str:
     return (
         "<h3>Footprint over time</h3>"
         f"<div class='grid'>{''.join(figures)}</div>"
-        f"{table}<h3>Savings matrix</h3>{matrix}"
+        f"{table}{_live_part(section)}<h3>Savings matrix</h3>{matrix}"
+    )
+
+
+def _live_part(section: TraceSection) -> str:
+    if not section.live:
+        return ""
+    rows = []
+    for run in section.live:
+        measured = run.get("measured", {})
+        model = run.get("model", {})
+        difference = run.get("relative_difference", {}).get("mean_footprint")
+        rows.append(
+            f"<tr class='measured'><td>{_e(run['policy'])}</td>"
+            f"<td>{_e(run['placement'])}</td>"
+            f"<td class='num'>{_mib(measured.get('mean_resident_bytes', 0))}</td>"
+            f"<td class='num'>{_mib(measured.get('peak_resident_bytes', 0))}</td>"
+            f"<td class='num'>{_mib(model.get('mean_footprint_bytes', 0))}</td>"
+            f"<td class='num'>"
+            f"{'-' if difference is None else f'{100 * difference:+.2f}'}</td>"
+            f"<td>{_e(run['created_at'][:19])} <code>{_e(run['run_id'][:8])}</code>"
+            "</td></tr>"
+        )
+    return (
+        "<h3>Measured on real memory</h3><p>Stored runs of <code>paracell live</code> "
+        "on this trace: the same op stream executed on a real anonymous mapping, "
+        "resident memory measured with mincore. These footprints are measured.</p>"
+        "<table><tr><th>policy</th><th>placement</th><th>measured mean MiB</th>"
+        "<th>measured peak MiB</th><th>modelled mean MiB</th>"
+        "<th>difference %</th><th>run</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -372,6 +431,7 @@ def render_report(
     """Return the HTML page for the evaluated traces."""
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     names = [s.trace.name for s in sections]
+    nr_live = sum(len(s.live) for s in sections)
     measured = sorted({p.name for p in costs if p.source in MEASURED_SOURCES})
     toc = "".join(
         f"<li><a href='#trace-{i}'>{_e(s.trace.name)}</a></li>"
@@ -394,7 +454,8 @@ def render_report(
         "whose source is HERE or measured"
         + (f" ({_e(', '.join(measured))})" if measured else " (none in this profile)")
         + ". Footprints measured on real memory come from <code>paracell live</code>, "
-        "which this page does not run.</p></div>",
+        "which this page does not run; stored live runs of these traces, found in "
+        f"the results store, are shown as measured ({nr_live} here).</p></div>",
         f"<h2>Traces</h2><ul>{toc}</ul>",
     ]
     for i, section in enumerate(sections):
