@@ -86,21 +86,26 @@ def _stored_cells(results: Path) -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def dask_scheduler() -> Iterator[str]:
+def dask_scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Start a two-process dask.distributed cluster on loopback; yield its address."""
+    import dask
     from distributed import LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+    # Keep the cluster's scratch files under pytest's temporary directory.
+    scratch = str(tmp_path_factory.mktemp("dask"))
+    with dask.config.set({"temporary-directory": scratch}):
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            local_directory=scratch,
+        )
+        try:
+            yield cluster.scheduler_address
+        finally:
+            cluster.close()
 
 
 def test_spec_expands_to_grid(tmp_path: Path) -> None:
