@@ -289,6 +289,7 @@ def compute_metrics(
         "overhead_ns": float(sum(breakdown.values())),
         "overhead_by_class_ns": {k: float(v) for k, v in breakdown.items()},
         "unbound_allocated_pages": int(c[C_UNBOUND_ALLOCATED]),
+        "stream_errors": int(c[C_TOUCH_ALLOCATED] + c[C_FREE_UNALLOCATED]),
         "footprint_below_allocated_points": int(c[C_BELOW_ALLOC]),
     }
     return metrics, timeline
