@@ -9,7 +9,7 @@ downwards.
 
 from __future__ import annotations
 
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.state import (
     HUGE_ORDER,
     HUGE_PAGES,
@@ -37,7 +37,7 @@ def cap_init(g, first_free):
         g.meta[M_FREE_PAGES] += free
 
 
-@njit
+@njit_inline
 def cap_take(g, pfn, nr_pages):
     """Mark the free pages of ``[pfn, pfn + nr_pages)`` in use."""
     for p in range(pfn, pfn + nr_pages):
@@ -47,7 +47,7 @@ def cap_take(g, pfn, nr_pages):
             g.meta[M_FREE_PAGES] -= 1
 
 
-@njit
+@njit_inline
 def cap_release(g, pfn, nr_pages):
     """Mark the pages of ``[pfn, pfn + nr_pages)`` free."""
     for p in range(pfn, pfn + nr_pages):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit, sort_prefix
+from paracell.models.memory._jit import njit, sort_prefix, njit_inline
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES
 
 # Page owners.
@@ -143,7 +143,7 @@ def new_op_buffer(capacity: int) -> OpBuffer:
     )
 
 
-@njit
+@njit_inline
 def emit(s, out, ts, op, pfn, nr_pages, arg):
     """Append one operation; on a full buffer set the overflow flag instead."""
     i = s.meta[K_OPS_N]
@@ -158,7 +158,7 @@ def emit(s, out, ts, op, pfn, nr_pages, arg):
     s.meta[K_OPS_N] = i + 1
 
 
-@njit
+@njit_inline
 def bind_page(s, p):
     """Mark page ``p`` bound; return 1 if it was not."""
     if s.bound[p] != 0:
@@ -168,7 +168,7 @@ def bind_page(s, p):
     return 1
 
 
-@njit
+@njit_inline
 def unbind_page(s, p):
     """Mark page ``p`` unbound; return 1 if it was bound."""
     if s.bound[p] == 0:
@@ -178,7 +178,7 @@ def unbind_page(s, p):
     return 1
 
 
-@njit
+@njit_inline
 def set_owner(s, p, owner):
     old = s.owner[p]
     if old == owner:
@@ -269,12 +269,12 @@ def call_unbind(s, out, ts, pages, count):
 # FIFO of page runs the Pager may unbind later (kind FIFO_FREED or FIFO_AHEAD).
 
 
-@njit
+@njit_inline
 def fifo_len(s, kind):
     return s.meta[K_FIFO_TAIL + kind] - s.meta[K_FIFO_HEAD + kind]
 
 
-@njit
+@njit_inline
 def fifo_push(s, kind, pfn, nr_pages, ts):
     """Append a run; return False when the FIFO is full."""
     cap = s.fifo_pfn.shape[1]
@@ -288,7 +288,7 @@ def fifo_push(s, kind, pfn, nr_pages, ts):
     return True
 
 
-@njit
+@njit_inline
 def _run_live(s, kind, slot):
     """Return True if a page of the run in ``slot`` is still queued by this run."""
     want = kind + 1
@@ -300,7 +300,7 @@ def _run_live(s, kind, slot):
     return False
 
 
-@njit
+@njit_inline
 def fifo_head_ts(s, kind):
     """Return the queue time of the oldest live run, dropping dead runs; NEVER if none."""
     cap = s.fifo_pfn.shape[1]

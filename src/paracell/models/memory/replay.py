@@ -18,7 +18,7 @@ import numpy as np
 from paracell.costs import CostTable
 from paracell.errors import ModelError
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.events import EV_ALLOC, EV_REFILL, AllocatorEvents
 from paracell.models.memory.guest import guest_alloc, guest_free, guest_init, guest_take
 from paracell.models.memory.kstate import (
@@ -129,7 +129,7 @@ STATUS_NO_MEMORY = 2
 _MIB = 1 << 20
 
 
-@njit
+@njit_inline
 def _next_timer(policy, s, params):
     if policy == FPR:
         return s.meta[K_T_FPR]
@@ -144,7 +144,7 @@ def _next_timer(policy, s, params):
     return NEVER
 
 
-@njit
+@njit_inline
 def _run_timers(policy, s, out, g, until, params):
     """Fire every timer due at or before ``until``, each at its own time."""
     while s.meta[K_OVERFLOW] == 0:
@@ -163,7 +163,7 @@ def _run_timers(policy, s, out, g, until, params):
             pager_fire(s, out, ts, params)
 
 
-@njit
+@njit_inline
 def _free_block(policy, g, s, out, params, ts, pfn, order, cpu):
     """The workload frees ``2**order`` modelled pages at ``pfn``."""
     nr_pages = 1 << order
@@ -182,7 +182,7 @@ def _free_block(policy, g, s, out, params, ts, pfn, order, cpu):
         damon_on_free(s, g, ts, params, pfn, nr_pages)
 
 
-@njit
+@njit_inline
 def _free_page(policy, g, s, out, params, ts, pfn, cpu):
     """Free one page of a larger allocation (the rest stays allocated)."""
     head = s.block_head[pfn]
@@ -191,7 +191,7 @@ def _free_page(policy, g, s, out, params, ts, pfn, cpu):
     _free_block(policy, g, s, out, params, ts, pfn, 0, cpu)
 
 
-@njit
+@njit_inline
 def _do_free(policy, g, s, out, params, ts, cpfn, order, cpu):
     nr_pages = 1 << order
     if cpfn < 0:
@@ -212,7 +212,7 @@ def _do_free(policy, g, s, out, params, ts, cpfn, order, cpu):
         _free_page(policy, g, s, out, params, ts, page, cpu)
 
 
-@njit
+@njit_inline
 def _do_alloc(policy, g, s, out, params, ts, cpfn, order, cpu):
     """Place and touch one allocation; return False if the guest has no room."""
     nr_pages = 1 << order

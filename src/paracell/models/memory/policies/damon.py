@@ -18,7 +18,7 @@ fault.
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit, sort_prefix
+from paracell.models.memory._jit import njit, sort_prefix, njit_inline
 from paracell.models.memory.kstate import (
     K_DAMON_QUOTA_USED,
     K_RECLAIM_PAGES,
@@ -37,7 +37,7 @@ from paracell.models.memory.kstate import (
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES, M_NFRAMES, M_NPAGES
 
 
-@njit
+@njit_inline
 def _region_sum(arr, region, region_frames, nr_frames):
     total = 0
     for f in range(region * region_frames, min((region + 1) * region_frames, nr_frames)):
@@ -56,7 +56,7 @@ def damon_init(s, g, ts, params):
     s.meta[K_T_DAMON_QUOTA] = ts + int(params[P_DAMON_QUOTA_INTERVAL])
 
 
-@njit
+@njit_inline
 def damon_after_touch(s, params, pfn, nr_pages):
     region_frames = int(params[P_DAMON_REGION_FRAMES])
     first = (pfn >> HUGE_ORDER) // region_frames
@@ -65,7 +65,7 @@ def damon_after_touch(s, params, pfn, nr_pages):
         s.region_free_since[r] = -1
 
 
-@njit
+@njit_inline
 def damon_on_free(s, g, ts, params, pfn, nr_pages):
     region_frames = int(params[P_DAMON_REGION_FRAMES])
     nr_frames = g.meta[M_NFRAMES]

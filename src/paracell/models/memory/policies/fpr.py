@@ -20,7 +20,7 @@ On the LLFree and trace placements, which have no buddy lists, the unit is a
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.buddy import buddy_report_putback
 from paracell.models.memory.kstate import (
     K_T_FPR,
@@ -46,7 +46,7 @@ from paracell.models.memory.state import (
 )
 
 
-@njit
+@njit_inline
 def fpr_notify(s, g, ts, params):
     """Schedule a pass after a free that left a block of the reporting order.
 
@@ -67,7 +67,7 @@ def fpr_init(s, g):
             s.frame_flag[frame] = 1
 
 
-@njit
+@njit_inline
 def fpr_before_touch(s, g, pfn, nr_pages):
     """An allocation in a reported frame makes it unreported (frame placements)."""
     if g.meta[M_KIND] == BUDDY:

@@ -15,7 +15,7 @@ point of view); on the trace placement, when no page of it is allocated.
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.kstate import (
     K_RECLAIM_PAGES,
     K_T_HA,
@@ -37,7 +37,7 @@ def hyperalloc_init(s, g, ts, params):
     s.meta[K_T_HA] = ts + int(params[P_HA_PERIOD])
 
 
-@njit
+@njit_inline
 def hyperalloc_before_touch(s, out, g, ts, pfn, nr_pages):
     n = 0
     for frame in range(pfn >> HUGE_ORDER, ((pfn + nr_pages - 1) >> HUGE_ORDER) + 1):

@@ -26,7 +26,7 @@ estimates in the cost table.
 
 from __future__ import annotations
 
-from paracell.models.memory._jit import njit, sort_prefix
+from paracell.models.memory._jit import njit, sort_prefix, njit_inline
 from paracell.models.memory.guest import guest_peek
 from paracell.models.memory.kstate import (
     FIFO_AHEAD,
@@ -49,7 +49,7 @@ from paracell.models.memory.kstate import (
 from paracell.models.memory.state import M_SEV_N, SEV_REFILL
 
 
-@njit
+@njit_inline
 def _queue_run(s, kind, start, length, ts):
     if not fifo_push(s, kind, start, length, ts):
         # A full queue cannot happen with the sizes the replay allocates; if
@@ -117,7 +117,7 @@ def pager_on_recorded_refill(s, out, ts, params, count):
     _bind_ahead(s, out, ts, s.scratch, count)
 
 
-@njit
+@njit_inline
 def pager_before_touch(s, out, g, ts, params, pfn, nr_pages, cpu, order):
     """Bind the allocation's unbound pages, with the next pages of the allocator."""
     n = 0
@@ -145,7 +145,7 @@ def pager_before_touch(s, out, g, ts, params, pfn, nr_pages, cpu, order):
         _queue_ahead(s, ts, s.scratch2, nr_ahead)
 
 
-@njit
+@njit_inline
 def pager_after_touch(s, pfn, nr_pages):
     for p in range(pfn, pfn + nr_pages):
         if s.pending[p] != 0:
@@ -161,7 +161,7 @@ def _flush_all(s, out, ts):
     call_unbind(s, out, ts, s.scratch, n)
 
 
-@njit
+@njit_inline
 def pager_on_free(s, out, ts, params, pfn, nr_pages):
     """Queue freed pages and unbind a batch once the queue passes reserve + batch."""
     added = 0
@@ -185,7 +185,7 @@ def pager_on_free(s, out, ts, params, pfn, nr_pages):
         call_unbind(s, out, ts, s.scratch, n)
 
 
-@njit
+@njit_inline
 def pager_next_timer(s, params):
     oldest = min(fifo_head_ts(s, FIFO_FREED), fifo_head_ts(s, FIFO_AHEAD))
     if oldest == NEVER:
