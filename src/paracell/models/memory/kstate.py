@@ -289,15 +289,24 @@ def fifo_push(s, kind, pfn, nr_pages, ts):
 
 
 @njit_inline
-def _run_live(s, kind, slot):
-    """Return True if a page of the run in ``slot`` is still queued by this run."""
+def _trim_run(s, kind, slot):
+    """Drop dead pages from the front of the run in ``slot``; return True if one is live.
+
+    A page is live for this run while it is queued and was queued at the
+    run's time. Trimming keeps the check amortised O(1) per event.
+    """
     want = kind + 1
     ts = s.fifo_ts[kind, slot]
     start = s.fifo_pfn[kind, slot]
-    for p in range(start, start + s.fifo_n[kind, slot]):
+    end = start + s.fifo_n[kind, slot]
+    p = start
+    while p < end:
         if s.pending[p] == want and s.pending_ts[p] == ts:
-            return True
-    return False
+            break
+        p += 1
+    s.fifo_pfn[kind, slot] = p
+    s.fifo_n[kind, slot] = end - p
+    return p < end
 
 
 @njit_inline
@@ -306,7 +315,7 @@ def fifo_head_ts(s, kind):
     cap = s.fifo_pfn.shape[1]
     while fifo_len(s, kind) > 0:
         slot = s.meta[K_FIFO_HEAD + kind] % cap
-        if _run_live(s, kind, slot):
+        if _trim_run(s, kind, slot):
             return s.fifo_ts[kind, slot]
         s.meta[K_FIFO_HEAD + kind] += 1
     return NEVER

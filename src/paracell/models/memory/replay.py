@@ -116,6 +116,7 @@ from paracell.models.memory.state import (
     HUGE_PAGES,
     M_KIND,
     M_NPAGES,
+    M_SEV_N,
     GuestState,
     new_guest_state,
 )
@@ -239,7 +240,7 @@ def _do_alloc(policy, g, s, out, params, ts, cpfn, order, cpu):
         if pfn < 0:
             s.meta[K_ERROR_ORDER] = order
             return False
-        if policy == PAGER:
+        if policy == PAGER and g.meta[M_SEV_N] > 0:
             pager_on_refill(s, out, g, ts, params)
     for j in range(nr_pages):
         s.cap2mod[cpfn + j] = pfn + j
