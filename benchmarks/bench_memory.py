@@ -46,8 +46,10 @@ def largest_shipped():
     traces = [t for t in traces if t.has("mm_page_alloc")]
     return max(
         traces,
-        key=lambda t: t.manifest.event_counts.get("mm_page_alloc", 0)
-        + t.manifest.event_counts.get("mm_page_free", 0),
+        key=lambda t: (
+            t.manifest.event_counts.get("mm_page_alloc", 0)
+            + t.manifest.event_counts.get("mm_page_free", 0)
+        ),
     )
 
 
@@ -65,7 +67,7 @@ def closing_frees(events: AllocatorEvents) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tile(events: AllocatorEvents, copies: int) -> AllocatorEvents:
-    """Return ``copies`` copies of ``events`` one after another, each closed by frees."""
+    """Return ``copies`` copies of ``events`` in a row, each closed by frees."""
     pfns, orders = closing_frees(events)
     span = events.end_ts_ns - events.start_ts_ns + GAP_NS
     n = len(pfns)
@@ -102,7 +104,7 @@ def timed(function, repeats: int) -> tuple[float, float, float]:
 
 
 def compile_cost(path: str) -> float:
-    """Return the wall time of evaluate() in a fresh process with an empty numba cache."""
+    """Return the wall time of evaluate() in a new process with an empty numba cache."""
     code = (
         "import time; t = time.perf_counter();"
         "from paracell.costs import default_costs;"
@@ -114,7 +116,11 @@ def compile_cost(path: str) -> float:
     with tempfile.TemporaryDirectory(prefix="paracell-numba-cache-") as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
         result = subprocess.run(
-            [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+            [sys.executable, "-c", code],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
         )
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -123,7 +129,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="warm runs per figure")
     parser.add_argument(
-        "--compile", action="store_true", help="also time a first run with an empty numba cache"
+        "--compile",
+        action="store_true",
+        help="also time a first run with an empty numba cache",
     )
     args = parser.parse_args()
     core = min(os.sched_getaffinity(0))
@@ -140,7 +148,10 @@ def main() -> None:
         f"median of {args.repeats} warm runs"
     )
     print()
-    print("| scale | events | policy | placement | cold wall s | wall s | CPU s | M events per CPU s |")
+    print(
+        "| scale | events | policy | placement | cold wall s | wall s | CPU s "
+        "| M events per CPU s |"
+    )
     print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
     per_policy: dict[str, dict[int, float]] = {name: {} for name in POLICIES}
     sizes = {}
@@ -149,7 +160,8 @@ def main() -> None:
         sizes[scale] = len(events)
         for name, policy in POLICIES.items():
             cold, wall, cpu = timed(
-                lambda e=events, p=policy: p.run(e, config).compute(cost_model), args.repeats
+                lambda e=events, p=policy: p.run(e, config).compute(cost_model),
+                args.repeats,
             )
             per_policy[name][scale] = cpu
             print(
@@ -162,10 +174,13 @@ def main() -> None:
     for name, seconds in per_policy.items():
         per_event = {s: seconds[s] / sizes[s] for s in SCALES}
         print(
-            f"| {name} | {per_event[4] / per_event[1]:.2f} | {per_event[16] / per_event[1]:.2f} |"
+            f"| {name} | {per_event[4] / per_event[1]:.2f} "
+            f"| {per_event[16] / per_event[1]:.2f} |"
         )
     print()
-    cold, wall, cpu = timed(lambda: evaluate(load_trace(trace.path), costs), args.repeats)
+    cold, wall, cpu = timed(
+        lambda: evaluate(load_trace(trace.path), costs), args.repeats
+    )
     print(
         f"all seven policies on {trace.name}, reading the trace included: "
         f"{wall:.2f} s wall (median), {cpu:.2f} s CPU; first run in this process "
@@ -173,7 +188,10 @@ def main() -> None:
     )
     if args.compile:
         seconds = compile_cost(str(trace.path))
-        print(f"first run with an empty numba cache (JIT compile included): {seconds:.1f} s wall")
+        print(
+            "first run with an empty numba cache (JIT compile included): "
+            f"{seconds:.1f} s wall"
+        )
 
 
 if __name__ == "__main__":

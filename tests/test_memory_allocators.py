@@ -1,4 +1,4 @@
-"""The placement allocators on their own: buddy splitting, merging and per-CPU lists; LLFree."""
+"""The placement allocators on their own: the buddy and its per-CPU lists, LLFree."""
 
 from __future__ import annotations
 
@@ -43,9 +43,7 @@ def free_list(g, order):
 
 def side_events(g, kind):
     n = int(g.meta[M_SEV_N])
-    return [
-        int(g.sev_pfn[i]) for i in range(n) if int(g.sev_kind[i]) == kind
-    ]
+    return [int(g.sev_pfn[i]) for i in range(n) if int(g.sev_kind[i]) == kind]
 
 
 def test_pcp_sizes_follow_linux_formulas():

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from memory_support import MIB, S, costs_with, run, write
+
 from paracell.errors import ModelError
 from paracell.models.memory import ALL, AllocatorEvents, evaluate
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory.events import EV_ALLOC, EV_FREE, EV_REFILL, select_free_events
+from paracell.models.memory.events import (
+    EV_ALLOC,
+    EV_FREE,
+    EV_REFILL,
+    select_free_events,
+)
 from paracell.trace.builder import TraceBuilder
 
 
@@ -29,7 +34,15 @@ def mixed_trace(tmp_path):
 def test_events_compact_pfns_and_keep_offsets(tmp_path):
     events = AllocatorEvents.from_trace(mixed_trace(tmp_path))
     kinds = list(events.kind)
-    assert kinds == [EV_REFILL, EV_REFILL, EV_ALLOC, EV_ALLOC, EV_ALLOC, EV_FREE, EV_FREE]
+    assert kinds == [
+        EV_REFILL,
+        EV_REFILL,
+        EV_ALLOC,
+        EV_ALLOC,
+        EV_ALLOC,
+        EV_FREE,
+        EV_FREE,
+    ]
     # 0x40000 and 0x40400 are adjacent 4 MiB blocks and stay adjacent; the
     # block at 0x90000 comes after one empty block.
     assert list(events.pfn[:5]) == [0, 1, 0, 1024, 3 * 1024]
@@ -67,9 +80,16 @@ def test_report_has_every_policy_and_savings(tmp_path):
     for policy in ALL:
         entry = document[policy]
         for key in (
-            "placement", "mean_footprint_bytes", "peak_footprint_bytes", "gib_seconds",
-            "waste_fraction", "secondary_faults", "hypercalls", "pages_bound",
-            "pages_unbound", "overhead_ns",
+            "placement",
+            "mean_footprint_bytes",
+            "peak_footprint_bytes",
+            "gib_seconds",
+            "waste_fraction",
+            "secondary_faults",
+            "hypercalls",
+            "pages_bound",
+            "pages_unbound",
+            "overhead_ns",
         ):
             assert key in entry, (policy, key)
     assert document["hyperalloc"]["placement"] == "llfree"
@@ -92,7 +112,9 @@ def test_op_stream_is_sorted_and_2mib_ops_are_whole_frames(tmp_path):
     for run_ in report.runs.values():
         ops = run_.ops
         assert np.all(np.diff(ops.ts_ns) >= 0)
-        huge = np.isin(ops.op, [opcodes.FAULT_2M, opcodes.INSTALL_2M, opcodes.RECLAIM_2M])
+        huge = np.isin(
+            ops.op, [opcodes.FAULT_2M, opcodes.INSTALL_2M, opcodes.RECLAIM_2M]
+        )
         assert np.all(ops.pfn[huge] % opcodes.HUGE_PAGES == 0)
         assert np.all(ops.nr_pages[huge] % opcodes.HUGE_PAGES == 0)
         assert np.all(ops.pfn + ops.nr_pages <= ops.nr_guest_pages)
@@ -101,7 +123,7 @@ def test_op_stream_is_sorted_and_2mib_ops_are_whole_frames(tmp_path):
 def test_pager_calls_precede_their_binds(tmp_path):
     report = run(mixed_trace(tmp_path), policies=["pager"])
     rows = list(report.runs["pager"].ops)
-    for i, (ts, op, pfn, nr, arg) in enumerate(rows):
+    for i, (ts, op, _pfn, _nr, _arg) in enumerate(rows):
         if op == "BIND":
             # Walk back to the CALL that carries this BIND.
             j = i - 1
@@ -115,7 +137,9 @@ def test_pager_calls_precede_their_binds(tmp_path):
 def test_overhead_counts_faults_and_calls(tmp_path):
     report = run(mixed_trace(tmp_path), policies=["static", "pager"])
     costs = costs_with()
-    fault_ns = costs.get("memory.first_touch_unbound") - costs.get("memory.first_touch_bound")
+    fault_ns = costs.get("memory.first_touch_unbound") - costs.get(
+        "memory.first_touch_bound"
+    )
     static = report.runs["static"].metrics
     assert static["overhead_ns"] == pytest.approx(static["secondary_faults"] * fault_ns)
     pager = report.runs["pager"].metrics

@@ -10,8 +10,8 @@ the whole trace; the comment above each case derives them.
 from __future__ import annotations
 
 import pytest
-
 from memory_support import S, ns_per_balloon_page, page_seconds, run, write
+
 from paracell.trace.builder import TraceBuilder
 
 # Captured pfns sit in a 4 MiB block of their own, so their offset in the
@@ -30,7 +30,7 @@ def burst_trace(tmp_path):
 
 
 def churn_trace(tmp_path):
-    """The same 8 pages allocated every 10 ms and freed 5 ms later, 100 times from 1 s."""
+    """8 pages allocated every 10 ms and freed 5 ms later, 100 times from 1 s."""
     b = TraceBuilder(name="churn", cpu_count=1)
     for k in range(100):
         t = 1 * S + k * 10_000_000

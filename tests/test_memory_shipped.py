@@ -17,7 +17,11 @@ from paracell.trace import load_trace, shipped_trace_paths
 
 def agent_traces():
     traces = [load_trace(p) for p in shipped_trace_paths()]
-    return [t for t in traces if t.manifest.workload.kind == "agent" and t.has("mm_page_alloc")]
+    return [
+        t
+        for t in traces
+        if t.manifest.workload.kind == "agent" and t.has("mm_page_alloc")
+    ]
 
 
 AGENTS = agent_traces()
@@ -47,7 +51,9 @@ def test_pager_beats_hyperalloc_and_fpr_with_little_waste(trace):
 def test_placement_moves_hyperalloc(trace):
     # On the captured frames the capturing machine's allocator scatters pages
     # over many more 2 MiB frames than LLFree uses in a guest.
-    report = evaluate(trace, default_costs(), policies=["hyperalloc"], placement="trace")
+    report = evaluate(
+        trace, default_costs(), policies=["hyperalloc"], placement="trace"
+    )
     on_trace = report.runs["hyperalloc"].metrics["mean_footprint_bytes"]
     report = evaluate(trace, default_costs(), policies=["hyperalloc"])
     on_llfree = report.runs["hyperalloc"].metrics["mean_footprint_bytes"]

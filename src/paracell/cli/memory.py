@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=POLICY_NAMES,
         metavar="P",
         help="policy to model; repeat for several (default: all of "
-        + ", ".join(POLICY_NAMES) + ")",
+        + ", ".join(POLICY_NAMES)
+        + ")",
     )
     parser.add_argument(
         "--placement",
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--vcpus",
         type=int,
         metavar="N",
-        help="guest vCPUs; trace CPU c runs on vCPU c mod N (default: the trace's CPU count)",
+        help="guest vCPUs; trace CPU c runs on vCPU c mod N "
+        "(default: the trace's CPU count)",
     )
     add_profile_argument(parser)
     parser.add_argument(
@@ -81,7 +83,8 @@ def _parse_size(text: str) -> int:
         return int(convert(value, unit or "B", "bytes"))
     except ValueError as exc:
         raise ParacellError(
-            f"--guest-ram {text!r} is not a size: {exc}", hint="write e.g. 4GiB or 512MiB"
+            f"--guest-ram {text!r} is not a size: {exc}",
+            hint="write e.g. 4GiB or 512MiB",
         ) from None
 
 
@@ -107,26 +110,38 @@ def run(args: argparse.Namespace) -> int:
     document: dict[str, Any] = {}
     for trace in progress_bar(traces, len(traces), "memory model", quiet):
         events = AllocatorEvents.from_trace(trace)
-        report = evaluate(events, costs, policies=policies, placement=args.placement,
-                          guest_ram_bytes=guest_ram, vcpus=args.vcpus)
+        report = evaluate(
+            events,
+            costs,
+            policies=policies,
+            placement=args.placement,
+            guest_ram_bytes=guest_ram,
+            vcpus=args.vcpus,
+        )
         entry: dict[str, Any] = report.to_dict()
         if args.plot:
             from paracell.models.memory.plot import plot_footprint
 
-            path = plot_footprint(report, _plot_path(args.plot, trace.name, len(traces) > 1))
+            path = plot_footprint(
+                report, _plot_path(args.plot, trace.name, len(traces) > 1)
+            )
             entry["plot"] = str(path)
         points = None
         if sweep:
             from paracell.models.memory.sweep import pager_sweep
 
-            points = pager_sweep(events, costs, placement=args.placement,
-                                 guest_ram_bytes=guest_ram)
+            points = pager_sweep(
+                events, costs, placement=args.placement, guest_ram_bytes=guest_ram
+            )
             entry["pager_sweep"] = [p.to_dict() for p in points]
             if args.sweep_plot:
                 from paracell.models.memory.plot import plot_sweep
 
-                path = plot_sweep(points, trace.name,
-                                  _plot_path(args.sweep_plot, trace.name, len(traces) > 1))
+                path = plot_sweep(
+                    points,
+                    trace.name,
+                    _plot_path(args.sweep_plot, trace.name, len(traces) > 1),
+                )
                 entry["sweep_plot"] = str(path)
         document[trace.name] = entry
         if not args.json:
@@ -149,9 +164,22 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
         f"(modelled, not measured)"
     )
     table = Table(show_edge=False, header_style="bold")
-    for column in ("policy", "placement", "mean MiB", "peak MiB", "GiB x s", "waste %",
-                   "faults", "hypercalls", "pages bound", "pages unbound", "overhead ms"):
-        table.add_column(column, justify="left" if column in ("policy", "placement") else "right")
+    for column in (
+        "policy",
+        "placement",
+        "mean MiB",
+        "peak MiB",
+        "GiB x s",
+        "waste %",
+        "faults",
+        "hypercalls",
+        "pages bound",
+        "pages unbound",
+        "overhead ms",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("policy", "placement") else "right"
+        )
     for name, run in report.runs.items():
         m = run.metrics
         table.add_row(
@@ -177,8 +205,11 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
     )
     savings = entry["savings"]
     if len(savings) > 1:
-        matrix = Table(title="savings: row policy's mean footprint against column policy's",
-                       show_edge=False, header_style="bold")
+        matrix = Table(
+            title="savings: row policy's mean footprint against column policy's",
+            show_edge=False,
+            header_style="bold",
+        )
         matrix.add_column("")
         for name in savings:
             matrix.add_column(name, justify="right")
@@ -186,10 +217,20 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
             matrix.add_row(name, *(f"{row[other] * 100:+.1f}%" for other in savings))
         console.print(matrix)
     if points:
-        sweep = Table(title="Pager sweep (sorted by hypercalls; * marks the default)",
-                      show_edge=False, header_style="bold")
-        for column in ("unbind batch", "delay ms", "reserve", "mean MiB", "waste %",
-                       "hypercalls", "overhead ms"):
+        sweep = Table(
+            title="Pager sweep (sorted by hypercalls; * marks the default)",
+            show_edge=False,
+            header_style="bold",
+        )
+        for column in (
+            "unbind batch",
+            "delay ms",
+            "reserve",
+            "mean MiB",
+            "waste %",
+            "hypercalls",
+            "overhead ms",
+        ):
             sweep.add_column(column, justify="right")
         for p in sorted(points, key=lambda p: (p.hypercalls, p.waste_fraction)):
             sweep.add_row(

@@ -2,8 +2,8 @@
 
 It follows mm/page_alloc.c of Linux 6.x (LNX) where that decides placement:
 
-- free lists per order; an allocation takes the first block of the smallest
-  order that fits and splits it, putting the upper halves at the head of the
+- free lists per order. An allocation takes the first block of the smallest
+  order that fits and splits it, and the upper halves go to the heads of the
   lower lists (``expand()``);
 - a free merges with its buddy while the buddy is a free block of the same
   order, then goes to the head of its list, or to the tail when the buddy of
@@ -114,7 +114,9 @@ def buddy_init(g, first_free):
     pfn = first_free
     while pfn < nr_pages:
         order = MAX_ORDER
-        while order > 0 and ((pfn & ((1 << order) - 1)) != 0 or pfn + (1 << order) > nr_pages):
+        while order > 0 and (
+            (pfn & ((1 << order) - 1)) != 0 or pfn + (1 << order) > nr_pages
+        ):
             order -= 1
         fl_add(g, pfn, order, True, 1)
         pfn += 1 << order
@@ -122,7 +124,7 @@ def buddy_init(g, first_free):
 
 @njit
 def rmqueue_smallest(g, order):
-    """Take a block of ``order`` from the free lists, splitting a larger one; -1 if none."""
+    """Take a block of ``order`` off the free lists; -1 if none."""
     current = order
     while current <= MAX_ORDER:
         pfn = g.fl_head[current]
@@ -143,7 +145,7 @@ def _is_free_block(g, pfn, order):
 
 @njit
 def free_one(g, pfn, order, to_tail):
-    """Return a block to the free lists, merging with free buddies; return the final order."""
+    """Put a block on the free lists, merging free buddies; return the final order."""
     while order < MAX_ORDER:
         buddy = pfn ^ (1 << order)
         if not _is_free_block(g, buddy, order):
@@ -224,7 +226,7 @@ def _pcp_pop_tail(g, cpu, index):
 
 @njit
 def rmqueue_pcplist(g, cpu, order):
-    """Allocate from the CPU's list of ``order``, refilling it from the free lists if empty."""
+    """Allocate from the CPU's list of ``order``, refilling an empty list first."""
     index = pcp_index(order)
     if g.pcp_len[cpu, index] == 0:
         count = max(g.meta[M_BATCH] >> order, 2)
@@ -243,7 +245,7 @@ def rmqueue_pcplist(g, cpu, order):
 
 @njit
 def free_pcppages_bulk(g, cpu, nr_pages):
-    """Move at least ``nr_pages`` pages, oldest first, from the CPU's lists to the buddy."""
+    """Move ``nr_pages`` or more pages, oldest first, off the CPU's lists."""
     freed = 0
     empty_rounds = 0
     index = g.pcp_rr[cpu]
@@ -310,7 +312,7 @@ def buddy_free(g, cpu, pfn, order):
 
 @njit
 def buddy_peek(g, cpu, order, out, max_pages):
-    """Write the pfns the CPU's list will hand out next for ``order``; return their count.
+    """Write the pfns the CPU's list hands out next for ``order``; return their count.
 
     Only whole blocks are listed, so the count is a multiple of ``2**order``.
     """

@@ -2,9 +2,8 @@
 
 The captured pfns are compacted (see ``events.py``) but keep their offsets
 inside each 4 MiB block, so 2 MiB frames and buddy alignment survive. The
-allocator here only records which pages are in use; it never chooses, except
-for pages the balloon driver takes, which come from the top of the space
-downwards.
+allocator here only records which pages are in use. It chooses pages only
+for the balloon driver, taking them from the top of the space downwards.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ def cap_release(g, pfn, nr_pages):
 
 @njit
 def cap_take_any(g):
-    """Take one free page for the balloon, scanning down from the last one taken; -1 if none."""
+    """Take a free page for the balloon, scanning down from the last one; -1 if none."""
     nr_pages = g.meta[M_NPAGES]
     cursor = g.meta[M_CURSOR]
     for _ in range(nr_pages):

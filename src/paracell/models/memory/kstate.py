@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit, sort_prefix, njit_inline
+from paracell.models.memory._jit import njit, njit_inline, sort_prefix
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES
 
 # Page owners.
@@ -193,7 +193,7 @@ def set_owner(s, p, owner):
 
 @njit
 def emit_runs(s, out, ts, op, pages, count):
-    """Sort ``pages[:count]`` and emit ``op`` once per contiguous run; return the run count."""
+    """Sort ``pages[:count]``, emit ``op`` once per contiguous run; return the runs."""
     if count == 0:
         return 0
     sort_prefix(pages, count)
@@ -215,7 +215,7 @@ def emit_runs(s, out, ts, op, pages, count):
 
 @njit
 def emit_frame_runs(s, out, ts, op, frames, count):
-    """Emit ``op`` once per run of consecutive 2 MiB frames in ``frames[:count]`` (sorted)."""
+    """Emit ``op`` once per run of adjacent frames in sorted ``frames[:count]``."""
     if count == 0:
         return
     start = frames[0]
@@ -232,7 +232,7 @@ def emit_frame_runs(s, out, ts, op, frames, count):
 
 @njit
 def call_bind(s, out, ts, pages, count):
-    """Bind the unbound pages among ``pages[:count]`` in one hypercall; return pages bound."""
+    """Bind the unbound pages of ``pages[:count]`` in one call; return their count."""
     n = 0
     for i in range(count):
         p = pages[i]
@@ -290,7 +290,7 @@ def fifo_push(s, kind, pfn, nr_pages, ts):
 
 @njit_inline
 def _trim_run(s, kind, slot):
-    """Drop dead pages from the front of the run in ``slot``; return True if one is live.
+    """Drop dead pages from the front of the run in ``slot``; True if one is live.
 
     A page is live for this run while it is queued and was queued at the
     run's time. Trimming keeps the check amortised O(1) per event.
@@ -311,7 +311,7 @@ def _trim_run(s, kind, slot):
 
 @njit_inline
 def fifo_head_ts(s, kind):
-    """Return the queue time of the oldest live run, dropping dead runs; NEVER if none."""
+    """Return the time of the oldest live run, dropping dead runs; NEVER if none."""
     cap = s.fifo_pfn.shape[1]
     while fifo_len(s, kind) > 0:
         slot = s.meta[K_FIFO_HEAD + kind] % cap

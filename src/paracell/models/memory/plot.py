@@ -31,10 +31,14 @@ _STYLE = {
 }
 
 
-def _downsample(ts_s: np.ndarray, values: np.ndarray, span_s: float) -> tuple[np.ndarray, np.ndarray]:
+def _downsample(
+    ts_s: np.ndarray, values: np.ndarray, span_s: float
+) -> tuple[np.ndarray, np.ndarray]:
     if ts_s.size <= _MAX_POINTS or span_s <= 0:
         return ts_s, values
-    bins = np.minimum(((ts_s - ts_s[0]) / span_s * _MAX_POINTS).astype(np.int64), _MAX_POINTS - 1)
+    bins = np.minimum(
+        ((ts_s - ts_s[0]) / span_s * _MAX_POINTS).astype(np.int64), _MAX_POINTS - 1
+    )
     starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
     return ts_s[starts], np.maximum.reduceat(values, starts)
 
@@ -60,13 +64,25 @@ def plot_footprint(report: MemoryReport, path: Path) -> Path:
         color, dashes = _STYLE.get(name, ("#17becf", "solid"))
         t, v = _downsample(ts_s, timeline.bound_bytes / _MIB, span_s)
         mean = float(run.metrics["mean_footprint_bytes"]) / _MIB
-        ax.step(t, v, where="post", color=color, linestyle=dashes,
-                linewidth=2.4 if name == "pager" else 1.6,
-                label=f"{name} on {run.placement} (mean {mean:.0f} MiB)")
+        ax.step(
+            t,
+            v,
+            where="post",
+            color=color,
+            linestyle=dashes,
+            linewidth=2.4 if name == "pager" else 1.6,
+            label=f"{name} on {run.placement} (mean {mean:.0f} MiB)",
+        )
     if reference is not None:
         # Drawn last and thin so it stays visible on top of the closest policy.
-        ax.step(*reference, where="post", color="black", linewidth=0.9, zorder=10,
-                label="allocated by the guest (reference)")
+        ax.step(
+            *reference,
+            where="post",
+            color="black",
+            linewidth=0.9,
+            zorder=10,
+            label="allocated by the guest (reference)",
+        )
     ax.set_xlabel("time since trace start (s)")
     ax.set_ylabel("host memory bound to the guest (MiB)")
     ax.set_title(f"Modelled guest memory footprint: {report.trace_name}")
@@ -96,18 +112,32 @@ def plot_sweep(points: Sequence[SweepPoint], trace_name: str, path: Path) -> Pat
         colour = cmap(delays.index(p.unbind_delay_ns))
         marker = markers[reserves.index(p.reserve) % len(markers)]
         size = 30 + 10 * np.log2(max(p.unbind_batch, 1))
-        ax.scatter(p.hypercalls, p.waste_fraction * 100, color=colour, marker=marker,
-                   s=size, edgecolors="black" if p.is_default else "none", linewidths=1.5)
+        ax.scatter(
+            p.hypercalls,
+            p.waste_fraction * 100,
+            color=colour,
+            marker=marker,
+            s=size,
+            edgecolors="black" if p.is_default else "none",
+            linewidths=1.5,
+        )
     for i, delay in enumerate(delays):
         ax.scatter([], [], color=cmap(i), marker="o", label=f"delay {delay / 1e6:g} ms")
     for i, reserve in enumerate(reserves):
-        ax.scatter([], [], color="grey", marker=markers[i % len(markers)],
-                   label=f"reserve {reserve} pages")
+        ax.scatter(
+            [],
+            [],
+            color="grey",
+            marker=markers[i % len(markers)],
+            label=f"reserve {reserve} pages",
+        )
     ax.scatter([], [], facecolors="none", edgecolors="black", label="default setting")
     ax.set_xscale("log")
     ax.set_xlabel("hypercalls (bind and unbind calls)")
     ax.set_ylabel("waste (% of footprint, time-weighted)")
-    ax.set_title(f"Pager parameters, modelled: {trace_name} (marker size: unbind batch)")
+    ax.set_title(
+        f"Pager parameters, modelled: {trace_name} (marker size: unbind batch)"
+    )
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()

@@ -1,8 +1,8 @@
 """Sweep of the Pager's own parameters: waste against hypercalls.
 
-The paper publishes no Pager parameters, so the model treats them as
-estimates and shows how the two costs trade: a larger unbind batch, a
-longer delay or a larger reserve cut hypercalls and raise waste.
+PC26 publishes no Pager parameters, so the model treats them as estimates
+and shows how the two costs trade. A larger unbind batch, a longer delay or
+a larger reserve cut hypercalls and raise waste.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def pager_sweep(
         int(costs.get("memory.pager.reserve")),
     )
     cost_model = CostModel.from_costs(costs)
-    grid = sorted(set(itertools.product(unbind_batches, delays_ns, reserves)) | {defaults})
+    grid = sorted(
+        set(itertools.product(unbind_batches, delays_ns, reserves)) | {defaults}
+    )
     points = []
     for batch, delay, reserve in grid:
         table = costs.replace_values(

@@ -4,7 +4,7 @@ The guest allocator's state is shared with the host. An allocation that lands
 in a frame the host has not installed asks the host to install the whole
 frame (one hypercall per frame, about 0.5 ms each). Every ``period`` (5 s)
 the host reclaims each installed frame that the allocator shows entirely
-free, and marks it reclaimed in the shared state; the LLFree placement then
+free and marks it reclaimed in the shared state. The LLFree placement then
 prefers installed frames.
 
 On the buddy placement a frame counts as free when all its pages sit in the

@@ -1,4 +1,4 @@
-"""Policies without reclaim: ``static`` (4 KiB on first touch) and ``thp`` (2 MiB on first touch).
+"""Policies without reclaim: ``static`` (4 KiB on first touch) and ``thp`` (2 MiB).
 
 ``static`` needs no hook: the replay's TOUCH binds each unbound page with a
 secondary fault. ``thp`` turns the first touch of a 2 MiB frame into one
@@ -9,7 +9,7 @@ transparent huge pages does.
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit, njit_inline
+from paracell.models.memory._jit import njit_inline
 from paracell.models.memory.kstate import bind_page, emit
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES, M_NPAGES
 
