@@ -107,7 +107,7 @@ def test_forced_placement_applies_to_every_policy(tmp_path):
     assert {r.metrics["placement"] for r in report.runs.values()} == {"trace"}
 
 
-def test_op_stream_is_sorted_and_2mib_ops_are_whole_frames(tmp_path):
+def test_op_stream_order_and_2mib_runs(tmp_path):
     report = run(mixed_trace(tmp_path), policies=["thp", "hyperalloc", "fpr", "pager"])
     for run_ in report.runs.values():
         ops = run_.ops
@@ -191,3 +191,33 @@ def test_double_allocation_frees_the_old_pages(tmp_path):
     assert metrics["double_alloc_pages"] == 1
     assert metrics["stream_errors"] == 0
     assert metrics["peak_allocated_bytes"] == opcodes.PAGE_SIZE
+
+
+def test_pager_sweep_trades_waste_for_calls(tmp_path):
+    from paracell.models.memory.sweep import pager_sweep
+
+    b = TraceBuilder(name="sweep", cpu_count=1)
+    for k in range(50):
+        t = S + k * 20_000_000
+        for i in range(16):
+            b.alloc(t, pfn=0x40000 + i)
+        for i in range(16):
+            b.free(t + 10_000_000, pfn=0x40000 + i)
+    events = AllocatorEvents.from_trace(write(b, tmp_path, 3))
+    points = pager_sweep(
+        events,
+        costs_with(),
+        unbind_batches=[64],
+        delays_ns=[0, 50_000_000],
+        reserves=[0],
+        placement="trace",
+    )
+    by_delay = {
+        p.unbind_delay_ns: p for p in points if p.unbind_batch == 64 and p.reserve == 0
+    }
+    eager, lazy = by_delay[0], by_delay[50_000_000]
+    assert eager.waste_fraction == 0.0
+    assert lazy.waste_fraction > 0.0
+    # Unbinding at once costs a bind and an unbind call per free and reuse.
+    assert eager.hypercalls > lazy.hypercalls
+    assert sum(p.is_default for p in points) == 1

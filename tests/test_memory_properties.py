@@ -134,7 +134,7 @@ def test_static_ends_at_touched_high_water_mark(placement, events):
 
 @PROPERTY_SETTINGS
 @given(events=allocator_traces())
-def test_static_on_trace_placement_touches_each_captured_page_once(events):
+def test_static_faults_each_captured_page_once(events):
     report = evaluate(events, costs_with(GUEST), policies=["static"], placement="trace")
     allocated = set()
     for kind, pfn, order in zip(events.kind, events.pfn, events.order, strict=True):
