@@ -120,9 +120,9 @@ def run(args: argparse.Namespace) -> int:
         )
         entry: dict[str, Any] = report.to_dict()
         if args.plot:
-            from paracell.models.memory.plot import plot_footprint
+            from paracell.models.memory.plot import plot_footprints
 
-            path = plot_footprint(
+            path = plot_footprints(
                 report, _plot_path(args.plot, trace.name, len(traces) > 1)
             )
             entry["plot"] = str(path)

@@ -43,7 +43,7 @@ def _downsample(
     return ts_s[starts], np.maximum.reduceat(values, starts)
 
 
-def plot_footprint(report: MemoryReport, path: Path) -> Path:
+def plot_footprints(report: MemoryReport, path: Path) -> Path:
     """Draw every policy's bound memory over time, with the guest's allocated memory."""
     import matplotlib
 
