@@ -7,19 +7,21 @@ runs as a subprocess through the CLI, as a user would run it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tracefs_fixture import tracefs_top  # noqa: F401  (pytest fixture)
 
 from paracell.capture.syscall_table import SYSCALL_NR
 from paracell.trace import load_trace
-from tracefs_fixture import tracefs_top  # noqa: F401  (pytest fixture)
 
 pytestmark = [
     pytest.mark.tracefs,
@@ -27,25 +29,47 @@ pytestmark = [
 ]
 
 # Files and events whose state a capture must leave as it found it.
-_STATE_FILES = ["tracing_on", "set_event", "current_tracer", "trace_clock",
-                "buffer_size_kb", "buffer_percent", "set_event_pid",
-                "set_event_notrace_pid", "options/event-fork", "options/overwrite"]
-_STATE_EVENTS = ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit",
-                 "exceptions/page_fault_user", "sched/sched_switch", "task/task_newtask",
-                 "kmem/mm_page_alloc", "kmem/mm_page_free", "kmem/mm_page_free_batched",
-                 "kmem/mm_page_alloc_zone_locked", "kmem/mm_page_pcpu_drain"]
+_STATE_FILES = [
+    "tracing_on",
+    "set_event",
+    "current_tracer",
+    "trace_clock",
+    "buffer_size_kb",
+    "buffer_percent",
+    "set_event_pid",
+    "set_event_notrace_pid",
+    "options/event-fork",
+    "options/overwrite",
+]
+_STATE_EVENTS = [
+    "raw_syscalls/sys_enter",
+    "raw_syscalls/sys_exit",
+    "exceptions/page_fault_user",
+    "sched/sched_switch",
+    "task/task_newtask",
+    "kmem/mm_page_alloc",
+    "kmem/mm_page_free",
+    "kmem/mm_page_free_batched",
+    "kmem/mm_page_alloc_zone_locked",
+    "kmem/mm_page_pcpu_drain",
+]
 
 
 def _standard_mounts() -> list[str]:
     with open("/proc/self/mounts") as f:
-        return sorted(line for line in f
-                      if line.split()[1] in ("/sys/kernel/tracing", "/sys/kernel/debug",
-                                             "/sys/kernel/debug/tracing"))
+        return sorted(
+            line
+            for line in f
+            if line.split()[1]
+            in ("/sys/kernel/tracing", "/sys/kernel/debug", "/sys/kernel/debug/tracing")
+        )
 
 
 def tracefs_state(top) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    state = {"mounts": "".join(_standard_mounts()),
-             "instances": " ".join(top.listdir("instances"))}
+    state = {
+        "mounts": "".join(_standard_mounts()),
+        "instances": " ".join(top.listdir("instances")),
+    }
     for rel in _STATE_FILES:
         state[rel] = top.read(rel)
     for event in _STATE_EVENTS:
@@ -53,11 +77,24 @@ def tracefs_state(top) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return state
 
 
-def run_trace(out: Path, *command: str, extra: tuple[str, ...] = ()
-              ) -> subprocess.CompletedProcess[str]:
+def run_trace(
+    out: Path, *command: str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "paracell", "trace", "-o", str(out), *extra, "--", *command],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "paracell",
+            "trace",
+            "-o",
+            str(out),
+            *extra,
+            "--",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -70,7 +107,10 @@ def write_script(tmp_path: Path, name: str, body: str) -> Path:
 def test_rare_syscalls_counted_exactly(tmp_path: Path, tracefs_top) -> None:  # noqa: F811
     """A forked child and a thread make known numbers of two rare calls."""
     n_child, n_thread = 37, 23
-    script = write_script(tmp_path, "rare.py", f"""
+    script = write_script(
+        tmp_path,
+        "rare.py",
+        f"""
         import os, sys, threading
         pid = os.fork()
         if pid == 0:
@@ -86,7 +126,8 @@ def test_rare_syscalls_counted_exactly(tmp_path: Path, tracefs_top) -> None:  # 
         t.join()
         with open(sys.argv[1], "w") as f:
             f.write(f"{{os.getpid()}} {{pid}} {{t.native_id}}")
-        """)
+        """,
+    )
     ids = tmp_path / "ids"
     before = tracefs_state(tracefs_top)
     result = run_trace(tmp_path / "trace", sys.executable, str(script), str(ids))
@@ -119,7 +160,10 @@ def test_rare_syscalls_counted_exactly(tmp_path: Path, tracefs_top) -> None:  # 
 
 def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
     n_pages = 3000
-    script = write_script(tmp_path, "touch.py", f"""
+    script = write_script(
+        tmp_path,
+        "touch.py",
+        f"""
         import ctypes, mmap, os, sys
         n = {n_pages}
         m = mmap.mmap(-1, n * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -132,7 +176,8 @@ def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
         m.close()
         with open(sys.argv[1], "w") as f:
             f.write(f"{{os.getpid()}} {{addr}}")
-        """)
+        """,
+    )
     ids = tmp_path / "ids"
     result = run_trace(tmp_path / "trace", sys.executable, str(script), str(ids))
     assert result.returncode == 0, result.stderr
@@ -141,7 +186,9 @@ def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
     assert trace.manifest.lost_total == 0
     fault_addr = trace.column("page_fault_user", "address")
     fault_pid = trace.column("page_fault_user", "pid")
-    inside = (fault_pid == pid) & (fault_addr >= addr) & (fault_addr < addr + n_pages * 4096)
+    inside = (
+        (fault_pid == pid) & (fault_addr >= addr) & (fault_addr < addr + n_pages * 4096)
+    )
     assert np.unique(fault_addr[inside] // 4096).size == n_pages
     alloc_pid = trace.column("mm_page_alloc", "pid")
     alloc_order = trace.column("mm_page_alloc", "order").astype(np.int64)
@@ -156,8 +203,12 @@ def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
 
 def test_batched_free_follows_page_free(tmp_path: Path) -> None:
     """On this kernel a batched free repeats an mm_page_free of the same page."""
-    result = run_trace(tmp_path / "trace", sys.executable, "-c",
-                       "b = bytearray(64 << 20); b[::4096] = b'x' * (16 << 10); del b")
+    result = run_trace(
+        tmp_path / "trace",
+        sys.executable,
+        "-c",
+        "b = bytearray(64 << 20); b[::4096] = b'x' * (16 << 10); del b",
+    )
     assert result.returncode == 0, result.stderr
     trace = load_trace(tmp_path / "trace")
     free_ts = trace.column("mm_page_free", "ts_ns")
@@ -166,8 +217,13 @@ def test_batched_free_follows_page_free(tmp_path: Path) -> None:
     batched_pfn = trace.column("mm_page_free_batched", "pfn")
     assert batched_pfn.size > 1000
     last_free: dict[int, int] = {}
-    events = sorted([(t, 0, p) for t, p in zip(free_ts.tolist(), free_pfn.tolist())]
-                    + [(t, 1, p) for t, p in zip(batched_ts.tolist(), batched_pfn.tolist())])
+    events = sorted(
+        [(t, 0, p) for t, p in zip(free_ts.tolist(), free_pfn.tolist(), strict=True)]
+        + [
+            (t, 1, p)
+            for t, p in zip(batched_ts.tolist(), batched_pfn.tolist(), strict=True)
+        ]
+    )
     unmatched = 0
     for _, is_batched, pfn in events:
         if not is_batched:
@@ -178,8 +234,9 @@ def test_batched_free_follows_page_free(tmp_path: Path) -> None:
 
 
 def test_exit_status_passed_through(tmp_path: Path) -> None:
-    result = run_trace(tmp_path / "trace", "sh", "-c", "exit 7",
-                       extra=("--events", "syscalls"))
+    result = run_trace(
+        tmp_path / "trace", "sh", "-c", "exit 7", extra=("--events", "syscalls")
+    )
     assert result.returncode == 7, result.stderr
     trace = load_trace(tmp_path / "trace")
     assert trace.manifest.exit_status == 7
@@ -190,9 +247,20 @@ def test_exit_status_passed_through(tmp_path: Path) -> None:
 def test_sigterm_restores_tracefs(tmp_path: Path, tracefs_top) -> None:  # noqa: F811
     before = tracefs_state(tracefs_top)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paracell", "trace", "-o", str(tmp_path / "trace"),
-         "--", "sleep", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "paracell",
+            "trace",
+            "-o",
+            str(tmp_path / "trace"),
+            "--",
+            "sleep",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -233,3 +301,113 @@ def test_missing_command_reports_error(tmp_path: Path) -> None:
     assert "command not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "trace").exists()
+
+
+@pytest.mark.parametrize("delay_s", [0.3, 0.8, 1.5, 2.5])
+def test_sigterm_any_phase_restores(
+    tmp_path: Path,
+    tracefs_top,  # noqa: F811
+    delay_s: float,
+) -> None:
+    """SIGTERM at any moment (imports, setup, run) leaves tracefs as it was."""
+    before = tracefs_state(tracefs_top)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "paracell",
+            "trace",
+            "-o",
+            str(tmp_path / "t"),
+            "--",
+            "sleep",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr
+    assert tracefs_state(tracefs_top) == before
+
+
+def test_lost_events_reported(tmp_path: Path) -> None:
+    """A tiny buffer under a burst of system calls loses events, and says so."""
+    result = run_trace(
+        tmp_path / "trace",
+        sys.executable,
+        "-c",
+        "import os\nfor _ in range(300000): os.getppid()",
+        extra=("--buffer-kb", "64", "--events", "syscalls"),
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(tmp_path / "trace", validate=True)
+    lost = trace.manifest.lost_events
+    assert lost["total"] > 0
+    assert lost["total"] == sum(v for k, v in lost.items() if k.startswith("cpu"))
+    assert f"{lost['total']} events were lost" in result.stderr
+    getppid = trace.column("syscalls", "nr") == SYSCALL_NR["getppid"]
+    assert getppid.sum() < 300000
+
+
+def test_foreign_syscall_numbers_dropped(tmp_path: Path) -> None:
+    """Numbers no x86-64 call has (here 5000) are dropped and counted in notes."""
+    result = run_trace(
+        tmp_path / "trace",
+        sys.executable,
+        "-c",
+        "import ctypes\nlibc = ctypes.CDLL(None)\nfor _ in range(3): libc.syscall(5000)",
+        extra=("--events", "syscalls"),
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(tmp_path / "trace", validate=True)
+    assert any("dropped 3 with numbers outside" in n for n in trace.manifest.notes)
+    assert trace.column("syscalls", "nr").max() <= 1023
+
+
+def test_without_root_names_fallback() -> None:
+    """As user nobody, the capture stops with exit 2 and names the fallback."""
+    # The interpreter's files may be unreadable for nobody (a pyenv under
+    # /root), so everything the CLI imports is imported before the fork.
+    import paracell.capture.record  # noqa: F401
+    from paracell.cli import build_parser, main
+
+    build_parser()
+
+    workdir = Path(tempfile.mkdtemp(prefix="paracell-nobody-"))
+    workdir.chmod(0o777)
+    out = workdir / "trace"
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop root, run the CLI in-process, report its status
+        try:
+            os.close(read_fd)
+            # pytest replaces sys.stderr; the CLI prints its error there.
+            sys.stderr = os.fdopen(write_fd, "w")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            status = main(["trace", "-o", str(out), "--", "true"])
+            sys.stderr.flush()
+            os._exit(status)
+        except BaseException as exc:  # reported through the pipe
+            os.write(write_fd, f"child failed: {exc!r}".encode())
+        finally:
+            os._exit(99)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        stderr = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    created = out.exists()
+    shutil.rmtree(workdir)
+
+    assert os.waitstatus_to_exitcode(status) == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "root" in lines[0]
+    assert "strace -f -ttt -T -o LOG CMD" in lines[0]
+    assert "paracell import-strace LOG -o DIR" in lines[0]
+    assert not created

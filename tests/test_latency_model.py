@@ -103,6 +103,28 @@ def test_first_touched_pages_per_allocation(alloc_trace):
     assert count_first_touches(alloc_trace) == 7
 
 
+def test_first_touches_of_dense_frames(tmp_path):
+    # Frames close together take the byte-map path.
+    b = TraceBuilder()
+    b.alloc(1_000, pfn=0, order=2)  # frames 0-3
+    b.alloc(2_000, pfn=2, order=1)  # frames 2-3, touched
+    b.alloc(3_000, pfn=4, order=0)
+    b.alloc(4_000, pfn=0, order=3)  # frames 0-7: 5, 6 and 7 are new
+    trace = b.write(tmp_path / "t", end_ts_ns=END_NS)
+    assert list(first_touched_pages(trace)) == [4, 0, 1, 3]
+
+
+def test_first_touches_of_scattered_frames(tmp_path):
+    # Frames far apart take the sorting path instead of the byte map.
+    b = TraceBuilder()
+    b.alloc(1_000, pfn=2**40, order=1)
+    b.alloc(2_000, pfn=3, order=0)
+    b.alloc(3_000, pfn=2**40 + 1, order=0)
+    b.alloc(4_000, pfn=2, order=2)  # frames 2-5: 3 is already touched
+    trace = b.write(tmp_path / "t", end_ts_ns=END_NS)
+    assert list(first_touched_pages(trace)) == [2, 1, 0, 3]
+
+
 @pytest.mark.parametrize(("runtime", "deployment"), PAIRS)
 def test_first_touch_path(alloc_trace, runtime, deployment):
     entry = by_class(alloc_trace, runtime, deployment, "first_touch")

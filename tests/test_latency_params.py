@@ -82,7 +82,7 @@ def test_shadow_work_adds_up_to_lmbench(deployment, fork, exec_):
     assert fork_extra + us("pvm.exec_shadow", deployment) == pytest.approx(exec_ - 422)
 
 
-def test_nested_runv_fork_and_exec_add_up_to_lmbench():
+def test_nested_runv_matches_lmbench():
     fork_extra = us("runv.fork_extra", "nested") + us("runv.exit_group_extra", "nested")
     assert fork_extra == pytest.approx(113 - 82)
     assert fork_extra + us("runv.exec_extra", "nested") == pytest.approx(726 - 422)

@@ -8,12 +8,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paracell.costs import DEPLOYMENTS, default_costs
 from paracell.models.latency import CLASSES, RUNTIMES, evaluate
+from paracell.models.latency import _kernels as kernels
+from paracell.models.latency.events import _first_touches_by_sorting
 from paracell.models.latency.paths import parameters_used
 from paracell.trace.builder import TraceBuilder
 
@@ -196,3 +199,24 @@ def test_raising_a_cost_never_lowers_a_total(workload, key, factor):
 def test_raisable_covers_every_path_parameter():
     names = {name for name, _ in RAISABLE}
     assert names | NOT_COSTS == parameters_used()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**12), st.integers(0, 4)), min_size=1, max_size=60
+    )
+)
+def test_first_touch_algorithms_agree(allocations):
+    """The byte map and the sort count the same first touches as a set does."""
+    pfn = np.array([p for p, _ in allocations], dtype=np.uint64)
+    order = np.array([o for _, o in allocations], dtype=np.uint8)
+    seen: set[int] = set()
+    expected = []
+    for p, o in allocations:
+        frames = set(range(p, p + 2**o))
+        expected.append(len(frames - seen))
+        seen |= frames
+    span = int(pfn.max()) + 2**4
+    assert list(kernels.first_touches(pfn, order, np.uint64(0), span)) == expected
+    assert list(_first_touches_by_sorting(pfn, order)) == expected

@@ -31,14 +31,18 @@ class DecodeResult:
     unknown_types: int = 0
 
 
-def decode_spool(files: list[tuple[str, int, Path]], page_size: int, layout: PageLayout,
-                 formats: dict[Tracepoint, EventFormat],
-                 roles: dict[Tracepoint, str]) -> DecodeResult:
+def decode_spool(
+    files: list[tuple[str, int, Path]],
+    page_size: int,
+    layout: PageLayout,
+    formats: dict[Tracepoint, EventFormat],
+    roles: dict[Tracepoint, str],
+) -> DecodeResult:
     """Decode spool files ``(role, cpu, path)`` into columns per tracepoint.
 
-    ``formats`` gives each tracepoint's layout and ``roles`` which instance
-    recorded it; a record whose type id belongs to no chosen tracepoint of
-    its instance is counted in ``unknown_types`` and dropped.
+    ``formats`` gives each tracepoint's layout and ``roles`` the instance
+    that recorded it. A record whose type id belongs to no chosen tracepoint
+    of its instance is counted in ``unknown_types`` and dropped.
     """
     parts: dict[Tracepoint, list[Columns]] = {tp: [] for tp in formats}
     result = DecodeResult({})
@@ -59,7 +63,9 @@ def decode_spool(files: list[tuple[str, int, Path]], page_size: int, layout: Pag
             known[sel] = True
             if sel.size == 0:
                 continue
-            cols = extract(pages.buffer, pages.offset[sel], pages.length[sel], fmt, str(path))
+            cols = extract(
+                pages.buffer, pages.offset[sel], pages.length[sel], fmt, str(path)
+            )
             cols["ts_ns"] = pages.ts_ns[sel]
             cols["cpu"] = np.full(sel.size, cpu, dtype=np.int32)
             # Position in this CPU's stream: breaks ties between equal stamps.
@@ -71,8 +77,13 @@ def decode_spool(files: list[tuple[str, int, Path]], page_size: int, layout: Pag
     return result
 
 
-def extract(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, fmt: EventFormat,
-            source: str) -> Columns:
+def extract(
+    buf: np.ndarray,
+    offsets: np.ndarray,
+    lengths: np.ndarray,
+    fmt: EventFormat,
+    source: str,
+) -> Columns:
     """Gather every scalar and char-array field of one event type."""
     short = np.flatnonzero(lengths < fmt.record_size)
     if short.size:
@@ -98,8 +109,11 @@ def _concat_sorted(chunks: list[Columns], fmt: EventFormat) -> Columns:
 
 
 def _empty(fmt: EventFormat) -> Columns:
-    cols: Columns = {"ts_ns": np.zeros(0, np.int64), "cpu": np.zeros(0, np.int32),
-                     "seq": np.zeros(0, np.int64)}
+    cols: Columns = {
+        "ts_ns": np.zeros(0, np.int64),
+        "cpu": np.zeros(0, np.int32),
+        "seq": np.zeros(0, np.int64),
+    }
     for name, f in fmt.fields.items():
         if f.array_len and f.size == f.array_len:
             cols[name] = np.zeros(0, dtype=object)

@@ -1,4 +1,4 @@
-"""Which tracepoints feed which trace kind, and in which tracefs instance.
+"""The tracepoints behind each trace kind, and the tracefs instance of each.
 
 Two instances are used. The *tree* instance follows the traced command and
 its descendants through ``set_event_pid`` and the ``event-fork`` option, so
@@ -80,8 +80,9 @@ def parse_event_selection(text: str | None) -> list[str]:
             elif item in KINDS:
                 chosen.add(item)
             else:
-                known = ", ".join([*EVENT_GROUPS, *(k for k in KINDS if k not in
-                                                   EVENT_GROUPS)])
+                known = ", ".join(
+                    [*EVENT_GROUPS, *(k for k in KINDS if k not in EVENT_GROUPS)]
+                )
                 raise CaptureError(
                     f"--events names unknown kind or group {item!r}; known: {known}"
                 )

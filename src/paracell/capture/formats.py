@@ -80,8 +80,11 @@ def parse_event_format(text: str, system: str = "?") -> EventFormat:
             decl = decl[: arr.start()].strip()
         fname = decl.split()[-1].lstrip("*")
         fields[fname] = Field(
-            fname, int(m.group("offset")), int(m.group("size")),
-            m.group("signed") == "1", array_len,
+            fname,
+            int(m.group("offset")),
+            int(m.group("size")),
+            m.group("signed") == "1",
+            array_len,
         )
     return EventFormat(system, name_match.group(1), int(id_match.group(1)), fields)
 
@@ -127,8 +130,10 @@ def parse_page_layout(header_page: str, header_event: str) -> PageLayout:
 
     data_max = re.search(r"data max type_len\s*==\s*(\d+)", header_event)
     if not re.search(r"type_len\s*:\s*5 bits", header_event):
-        raise CaptureError("events/header_event describes an entry header this tool "
-                           "cannot decode (expected a 5-bit type_len)")
+        raise CaptureError(
+            "events/header_event describes an entry header this tool "
+            "cannot decode (expected a 5-bit type_len)"
+        )
     return PageLayout(
         timestamp_offset=ts_off,
         commit_offset=commit_off,

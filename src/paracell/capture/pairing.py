@@ -11,9 +11,9 @@ def pair_syscalls(enter: Columns, exit_: Columns) -> Columns:
     """Return one row per ``sys_enter``, sorted by entry time.
 
     An entry is complete when the next event of the same thread is a
-    ``sys_exit`` with the same number; otherwise (``exit_group``, a thread
-    killed inside a call, a lost exit, a call still running at the end)
-    ``complete`` is false and ``ret`` and ``duration_ns`` are 0. Exits
+    ``sys_exit`` with the same number. Otherwise ``complete`` is false and
+    ``ret`` and ``duration_ns`` are 0: ``exit_group``, a thread killed inside
+    a call, a lost exit, or a call still running at the end. Exits
     without an entry (calls that began before tracing) are dropped. The
     same thread may enter on one CPU and exit on another, so events are
     ordered per thread by time, then by CPU stream position.
@@ -31,8 +31,13 @@ def pair_syscalls(enter: Columns, exit_: Columns) -> Columns:
     nxt = np.arange(1, ts.size + 1)
     nxt[-1:] = 0
     if ts.size:
-        paired = (~is_exit) & (np.arange(ts.size) < ts.size - 1) & is_exit[nxt] & \
-            (tid[nxt] == tid) & (nr[nxt] == nr)
+        paired = (
+            (~is_exit)
+            & (np.arange(ts.size) < ts.size - 1)
+            & is_exit[nxt]
+            & (tid[nxt] == tid)
+            & (nr[nxt] == nr)
+        )
     else:
         paired = np.zeros(0, bool)
     enter_pos = np.flatnonzero(~is_exit)

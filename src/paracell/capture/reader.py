@@ -2,7 +2,7 @@
 
 One thread polls every ``per_cpu/cpuN/trace_pipe_raw`` of our instances.
 ``poll`` on these files wakes when a buffer reaches the instance's
-``buffer_percent`` fill level; a timer wakes it in any case so a quiet
+``buffer_percent`` fill level. A timer wakes it in any case, so a quiet
 buffer is still drained. Each wake-up copies whole pages with non-blocking
 reads until the buffer is empty, so the reader runs a few times a second
 instead of once per event. Pages are decoded only after the command exits.
@@ -15,6 +15,7 @@ import logging
 import os
 import select
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class RawReader:
     files: list[BufferFile] = field(default_factory=list)
     error: BaseException | None = None
     wakeups: int = 0
+    # CPU time the reader thread used, in seconds (set when it ends).
+    cpu_s: float = 0.0
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -65,8 +68,9 @@ class RawReader:
 
     def start(self) -> int:
         """Start the reader thread; return its kernel thread id."""
-        self._thread = threading.Thread(target=self._run, name="paracell-reader",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="paracell-reader", daemon=True
+        )
         self._thread.start()
         self._ready.wait()
         assert self.native_id is not None
@@ -94,6 +98,8 @@ class RawReader:
                         self._drain(by_fd[fd])
         except BaseException as exc:  # reported by stop() in the main thread
             self.error = exc
+        finally:
+            self.cpu_s = time.thread_time()
 
     def _drain(self, f: BufferFile) -> None:
         page_size = self.session.page_size
@@ -129,6 +135,12 @@ class RawReader:
                     self._drain(f)
         finally:
             self.close()
+        log.info(
+            "reader: %d wake-ups, %d pages, %.3f s CPU while the command ran",
+            self.wakeups,
+            sum(f.pages for f in self.files),
+            self.cpu_s,
+        )
         if error is not None:
             raise CaptureError(f"reading the trace buffers failed: {error}") from None
 

@@ -1,10 +1,11 @@
 """Record a command and its descendants through tracefs into a trace directory.
 
-The steps: mount tracefs if needed, create our instances, fork the command
-blocked, arm tracing on its pid, release it, copy the ring buffers to spool
-files while it runs, stop tracing when it exits, remove the instances, then
-decode the pages, pair system calls, keep the allocator events that belong to
-the tree, and write the trace atomically.
+While the command runs, tracefs is mounted if needed and our instances are
+created. The command is forked blocked, tracing is armed on its pid, and the
+ring buffers are copied to spool files until it exits. Then tracing stops and
+the instances are removed. Afterwards the pages are decoded, system calls are
+paired, the allocator events of the tree are selected, and the trace is
+written atomically.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -37,15 +39,15 @@ from paracell.capture.events import (
     SCHED_SWITCH,
     SYS_ENTER,
     SYS_EXIT,
-    SYSTEM,
     TASK_NEWTASK,
-    TREE,
+    Tracepoint,
     tracepoints_for,
 )
 from paracell.capture.launcher import BlockedChild, exit_status
 from paracell.capture.pairing import pair_syscalls
 from paracell.capture.reader import RawReader
 from paracell.capture.session import (
+    Session,
     arm_session,
     close_session,
     open_session,
@@ -64,7 +66,7 @@ from paracell.capture.tree import (
 )
 from paracell.errors import CaptureError
 from paracell.trace.manifest import Manifest, Workload
-from paracell.trace.schema import ALLOCATOR_KINDS, arrow_schema
+from paracell.trace.schema import ALLOCATOR_KINDS, MAX_SYSCALL_NR, arrow_schema
 from paracell.trace.store import Trace, write_trace
 
 log = logging.getLogger("paracell.capture")
@@ -90,6 +92,9 @@ class CaptureOptions:
     buffer_kb: int = DEFAULT_BUFFER_KB
     buffer_percent: int = DEFAULT_BUFFER_PERCENT
     overwrite: bool = False
+    # Keep the raw ring-buffer pages here instead of a temporary directory
+    # (for benchmarks and debugging of the decoder).
+    spool_dir: Path | None = None
 
 
 @dataclass
@@ -100,18 +105,29 @@ class CaptureResult:
     wall_ns: int
     decode_s: float
     records: int
+    # pid of the traced command: the root of the process tree.
+    root_pid: int = 0
     signals: list[int] = field(default_factory=list)
 
 
-class _SignalForwarder:
-    """Forward SIGINT and SIGTERM to the child while it runs; SIGKILL on the third."""
+class _Signals:
+    """SIGINT and SIGTERM handling for the whole capture.
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
+    While the command runs, each signal is forwarded to it (SIGKILL on the
+    third) and the capture goes on until the command exits, so the trace is
+    still written. Outside that window, both raise KeyboardInterrupt so the
+    cleanup in ``finally`` blocks runs, SIGTERM included.
+    """
+
+    def __init__(self) -> None:
+        self.child_pid: int | None = None
         self.received: list[int] = []
         self._old: dict[int, object] = {}
+        self._deferring = False
+        self._pending = False
 
-    def __enter__(self) -> _SignalForwarder:
+    def __enter__(self) -> _Signals:
+        # Handlers can only be installed from the main thread.
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -119,11 +135,20 @@ class _SignalForwarder:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
+        if self.child_pid is None:
+            if self._deferring:
+                self._pending = True
+                return
+            raise KeyboardInterrupt
         target = signal.SIGKILL if len(self.received) >= 3 else signum
-        log.warning("received signal %d; sending %d to the traced command (pid %d)",
-                    signum, target, self.pid)
+        log.warning(
+            "received signal %d; sending %d to the traced command (pid %d)",
+            signum,
+            target,
+            self.child_pid,
+        )
         try:
-            os.kill(self.pid, target)
+            os.kill(self.child_pid, target)
         except ProcessLookupError:
             pass
 
@@ -131,72 +156,146 @@ class _SignalForwarder:
         for sig, handler in self._old.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Hold back the interrupt during cleanup; raise it once cleanup is done."""
+        outer = self._deferring
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = outer
+        if self._pending and not outer:
+            self._pending = False
+            raise KeyboardInterrupt
 
-def capture(options: CaptureOptions,
-            on_started: Callable[[int], None] | None = None) -> CaptureResult:
+
+@dataclass
+class _Recording:
+    """What the traced run left behind: spool files, layouts, times and losses."""
+
+    files: list[tuple[str, int, Path]]
+    session: Session
+    root_pid: int
+    wait_status: int
+    start_ns: int
+    end_ns: int
+    start_wall: _dt.datetime
+    lost: dict[str, dict[int, int]]
+
+
+def capture(
+    options: CaptureOptions, on_started: Callable[[int], None] | None = None
+) -> CaptureResult:
     """Run ``options.command`` under tracing and write the trace.
 
     Returns once the trace is written; the command's exit status is in the
-    result. Raises :class:`CaptureError` when tracing cannot start; tracefs
-    is left as it was found on every path.
+    result. Raises :class:`CaptureError` when tracing cannot start. tracefs
+    is left as it was found on every path, including SIGINT and SIGTERM.
     """
-    if options.output.exists() and not options.overwrite:
-        raise CaptureError(f"{options.output}: output already exists",
-                           hint="choose another -o or remove it first")
+    try:
+        exists = options.output.exists()
+    except OSError as exc:
+        raise CaptureError(
+            f"{options.output}: cannot check the output: {exc.strerror}",
+            hint="choose a directory you can write to",
+        ) from None
+    if exists and not options.overwrite:
+        raise CaptureError(
+            f"{options.output}: output already exists",
+            hint="choose another -o or remove it first",
+        )
     needed = list(options.kinds)
     if any(k in ALLOCATOR_KINDS for k in needed):
         # Deciding which frees belong to the tree needs every allocation and
         # free, whichever allocator kinds end up in the trace.
         needed += ["mm_page_alloc", "mm_page_free"]
     tracepoints = tracepoints_for(needed)
-    mount = mount_tracefs()
-    top = TraceFS(mount.root)
-    try:
-        with tempfile.TemporaryDirectory(prefix="paracell-spool-") as spool:
-            return _capture_mounted(options, top, tracepoints, Path(spool), on_started)
-    finally:
-        mount.release()
+    with _Signals() as signals:
+        mount = mount_tracefs()
+        try:
+            top = TraceFS(mount.root)
+            if options.spool_dir is not None:
+                options.spool_dir.mkdir(parents=True, exist_ok=True)
+                recording = _record(
+                    options, top, tracepoints, options.spool_dir, signals, on_started
+                )
+                return _write(options, recording, tracepoints, signals)
+            with tempfile.TemporaryDirectory(prefix="paracell-spool-") as spool:
+                recording = _record(
+                    options, top, tracepoints, Path(spool), signals, on_started
+                )
+                return _write(options, recording, tracepoints, signals)
+        finally:
+            with signals.deferred():
+                mount.release()
 
 
-def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
-                     spool: Path, on_started: Callable[[int], None] | None
-                     ) -> CaptureResult:
+def _record(
+    options: CaptureOptions,
+    top: TraceFS,
+    tracepoints: list[Tracepoint],
+    spool: Path,
+    signals: _Signals,
+    on_started: Callable[[int], None] | None,
+) -> _Recording:
+    """Run the command under tracing; tracefs is restored when this returns."""
     session = open_session(top, tracepoints, options.buffer_kb, options.buffer_percent)
     child = BlockedChild(list(options.command))
-    reader: RawReader | None = None
+    reader = RawReader(session, spool)
     started = False
     try:
-        reader = RawReader(session, spool)
         reader.open()
         # Fork before the reader thread exists: a forked child of a
         # threaded process may only call async-signal-safe functions.
         child.spawn()
         reader_tid = reader.start()
-        arm_session(session, child.pid, [os.getpid(), threading.get_native_id(),
-                                         reader_tid])
-        with _SignalForwarder(child.pid) as forwarder:
-            start_wall = _dt.datetime.now(_dt.UTC)
-            start_ns = child.release()
-            started = True
-            if on_started is not None:
-                on_started(child.pid)
-            status, end_ns = child.wait()
+        own_tids = [os.getpid(), threading.get_native_id(), reader_tid]
+        arm_session(session, child.pid, own_tids)
+
+        start_wall = _dt.datetime.now(_dt.UTC)
+        signals.child_pid = child.pid
+        start_ns = child.release()
+        started = True
+        if on_started is not None:
+            on_started(child.pid)
+        status, end_ns = child.wait()
+        signals.child_pid = None
+
         stop_session(session)
         reader.stop()
         lost = read_lost_events(session)
     finally:
-        if reader is not None:
+        signals.child_pid = None
+        with signals.deferred():
             reader.close()
-        if not started:
-            child.cancel()
-        close_session(session)
+            if not started:
+                child.cancel()
+            close_session(session)
     files = [(f.role, f.cpu, f.out_path) for f in reader.files]
+    return _Recording(
+        files, session, child.pid, status, start_ns, end_ns, start_wall, lost
+    )
+
+
+def _write(
+    options: CaptureOptions,
+    rec: _Recording,
+    tracepoints: list[Tracepoint],
+    signals: _Signals,
+) -> CaptureResult:
+    """Decode the spooled pages, build the tables and write the trace."""
+    session = rec.session
     roles = {tp: tp.instance for tp in tracepoints}
     t0 = time.perf_counter()
-    decoded = decode_spool(files, session.page_size, session.layout, session.formats, roles)
-    tables, counters = build_tables(decoded, options.kinds, child.pid, start_ns, end_ns)
+    decoded = decode_spool(
+        rec.files, session.page_size, session.layout, session.formats, roles
+    )
+    tables, notes = build_tables(
+        decoded, options.kinds, rec.root_pid, rec.start_ns, rec.end_ns
+    )
     decode_s = time.perf_counter() - t0
-    lost_events = _lost_summary(lost, decoded)
+
     operations = options.operations
     if options.operations_from is not None:
         try:
@@ -204,36 +303,45 @@ def _capture_mounted(options: CaptureOptions, top: TraceFS, tracepoints: list,
         except CaptureError as exc:
             # The events are still worth keeping; only the count is missing.
             log.warning("%s; writing the trace without an operation count", exc)
+    lost_events = _lost_summary(rec.lost, decoded)
+    status = exit_status(rec.wait_status)
     manifest = Manifest(
         workload=Workload(
             name=options.name or os.path.basename(options.command[0]),
             kind=options.workload_kind,
             command=list(options.command),
             operations=operations,
-            operation_unit=options.operation_unit or ("requests" if operations is not None
-                                                      else None),
+            operation_unit=options.operation_unit
+            or ("requests" if operations is not None else None),
             recreate=options.recreate,
         ),
         kernel_release=sysinfo.kernel_release(),
         cpu_count=sysinfo.cpu_count(),
         page_size=sysinfo.page_size(),
         memory_bytes=sysinfo.memory_bytes(),
-        start_time=start_wall.isoformat(timespec="seconds"),
-        start_ts_ns=start_ns,
-        end_ts_ns=end_ns,
+        start_time=rec.start_wall.isoformat(timespec="seconds"),
+        start_ts_ns=rec.start_ns,
+        end_ts_ns=rec.end_ns,
         clock="mono",
         source="tracefs",
         event_kinds=[],
         event_counts={},
         lost_events=lost_events,
         tool_version=__version__,
-        exit_status=exit_status(status),
-        notes=counters,
+        exit_status=status,
+        notes=notes,
     )
     trace = write_trace(options.output, manifest, tables, overwrite=options.overwrite)
-    return CaptureResult(trace, exit_status(status), lost_events["total"],
-                         end_ns - start_ns, decode_s, decoded.records,
-                         forwarder.received)
+    return CaptureResult(
+        trace=trace,
+        exit_status=status,
+        lost_total=lost_events["total"],
+        wall_ns=rec.end_ns - rec.start_ns,
+        decode_s=decode_s,
+        records=decoded.records,
+        root_pid=rec.root_pid,
+        signals=list(signals.received),
+    )
 
 
 def read_operations(path: Path) -> int:
@@ -241,15 +349,21 @@ def read_operations(path: Path) -> int:
     try:
         text = path.read_text().strip()
     except OSError as exc:
-        raise CaptureError(f"{path}: cannot read the operation count: {exc.strerror}",
-                           hint="the traced command should write it there") from None
+        raise CaptureError(
+            f"{path}: cannot read the operation count: {exc.strerror}",
+            hint="the traced command should write it there",
+        ) from None
     if not text.isdigit():
-        raise CaptureError(f"{path}: operation count must be a non-negative integer, "
-                           f"found {text[:40]!r}")
+        raise CaptureError(
+            f"{path}: operation count must be a non-negative integer, "
+            f"found {text[:40]!r}"
+        )
     return int(text)
 
 
-def _lost_summary(lost: dict[str, dict[int, int]], decoded: DecodeResult) -> dict[str, int]:
+def _lost_summary(
+    lost: dict[str, dict[int, int]], decoded: DecodeResult
+) -> dict[str, int]:
     out: dict[str, int] = {}
     total = 0
     for role, per_cpu in lost.items():
@@ -263,14 +377,20 @@ def _lost_summary(lost: dict[str, dict[int, int]], decoded: DecodeResult) -> dic
     return dict(sorted(out.items()))
 
 
-def build_tables(decoded: DecodeResult, kinds: list[str], root_pid: int, start_ns: int,
-                 end_ns: int) -> tuple[dict[str, pa.Table], list[str]]:
+def build_tables(
+    decoded: DecodeResult, kinds: list[str], root_pid: int, start_ns: int, end_ns: int
+) -> tuple[dict[str, pa.Table], list[str]]:
     """Turn decoded tracepoint columns into the trace's tables."""
     cols = decoded.columns
     window = _window(start_ns, end_ns)
     newtask = window(cols[TASK_NEWTASK])
-    tree = TaskTree.build(root_pid, newtask["ts_ns"], newtask["common_pid"],
-                          newtask["pid"], newtask["clone_flags"])
+    tree = TaskTree.build(
+        root_pid,
+        newtask["ts_ns"],
+        newtask["common_pid"],
+        newtask["pid"],
+        newtask["clone_flags"],
+    )
     tables: dict[str, pa.Table] = {}
     notes = [f"tree tasks: {tree.nr_tasks}"]
 
@@ -278,30 +398,68 @@ def build_tables(decoded: DecodeResult, kinds: list[str], root_pid: int, start_n
     parent_tgid = tree.lookup(newtask["common_pid"], newtask["ts_ns"])
     mine = parent_tgid >= 0
     child_tgid = tree.lookup(newtask["pid"], newtask["ts_ns"])
-    tables["task_newtask"] = _table("task_newtask", {
-        "ts_ns": newtask["ts_ns"][mine], "cpu": newtask["cpu"][mine],
-        "pid": parent_tgid[mine], "tid": newtask["common_pid"][mine],
-        "child_tid": newtask["pid"][mine], "child_pid": child_tgid[mine],
-        "clone_flags": newtask["clone_flags"][mine], "comm": newtask["comm"][mine],
-    })
+    tables["task_newtask"] = _table(
+        "task_newtask",
+        {
+            "ts_ns": newtask["ts_ns"][mine],
+            "cpu": newtask["cpu"][mine],
+            "pid": parent_tgid[mine],
+            "tid": newtask["common_pid"][mine],
+            "child_tid": newtask["pid"][mine],
+            "child_pid": child_tgid[mine],
+            "clone_flags": newtask["clone_flags"][mine],
+            "comm": newtask["comm"][mine],
+        },
+    )
 
     if "syscalls" in kinds:
         rows = pair_syscalls(window(cols[SYS_ENTER]), window(cols[SYS_EXIT]))
+        # sys_enter reports -1 for a call cancelled by seccomp or ptrace, and
+        # x32 or ia32 numbers for such programs; the table holds x86-64 calls.
+        native = (rows["nr"] >= 0) & (rows["nr"] <= MAX_SYSCALL_NR)
+        if not native.all():
+            dropped = int((~native).sum())
+            notes.append(
+                f"syscalls: dropped {dropped} with numbers outside 0-"
+                f"{MAX_SYSCALL_NR} (x32, ia32 or cancelled calls)"
+            )
+            log.warning("dropped %d system calls with non-x86-64 numbers", dropped)
+            rows = {k: v[native] for k, v in rows.items()}
         rows["pid"] = tree.tgid_of(rows["tid"], rows["ts_ns"])
         tables["syscalls"] = _table("syscalls", rows)
     if "page_fault_user" in kinds:
         c = window(cols[PAGE_FAULT_USER])
-        tables["page_fault_user"] = _table("page_fault_user", {
-            "ts_ns": c["ts_ns"], "cpu": c["cpu"],
-            "pid": tree.tgid_of(c["common_pid"], c["ts_ns"]), "tid": c["common_pid"],
-            "address": c["address"], "ip": c["ip"], "error_code": c["error_code"],
-        })
+        tables["page_fault_user"] = _table(
+            "page_fault_user",
+            {
+                "ts_ns": c["ts_ns"],
+                "cpu": c["cpu"],
+                "pid": tree.tgid_of(c["common_pid"], c["ts_ns"]),
+                "tid": c["common_pid"],
+                "address": c["address"],
+                "ip": c["ip"],
+                "error_code": c["error_code"],
+            },
+        )
     if "sched_switch" in kinds:
         c = window(cols[SCHED_SWITCH])
-        tables["sched_switch"] = _table("sched_switch", {
-            k: c[k] for k in ("ts_ns", "cpu", "prev_comm", "prev_pid", "prev_prio",
-                              "prev_state", "next_comm", "next_pid", "next_prio")
-        })
+        tables["sched_switch"] = _table(
+            "sched_switch",
+            {
+                k: c[k]
+                for k in (
+                    "ts_ns",
+                    "cpu",
+                    "prev_comm",
+                    "prev_pid",
+                    "prev_prio",
+                    "prev_state",
+                    "next_comm",
+                    "next_pid",
+                    "next_prio",
+                )
+            },
+        )
     chosen_kmem = [k for k in ALLOCATOR_KINDS if k in kinds]
     if chosen_kmem:
         kmem_tables, kmem_notes = _allocator_tables(cols, tree, window, chosen_kmem)
@@ -319,10 +477,11 @@ _KMEM = (
 )
 
 
-def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Columns],
-                      chosen: list[str]) -> tuple[dict[str, pa.Table], list[str]]:
+def _allocator_tables(
+    cols: dict, tree: TaskTree, window: Callable[[Columns], Columns], chosen: list[str]
+) -> tuple[dict[str, pa.Table], list[str]]:
     parts = []
-    for kind, tp, code in _KMEM:
+    for kind, tp, kind_code in _KMEM:
         if tp not in cols:
             continue
         c = window(cols[tp])
@@ -331,7 +490,7 @@ def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Co
             c = {k: v[ok] for k, v in c.items()}
         n = c["ts_ns"].size
         order = c["order"] if "order" in c else np.zeros(n, np.uint32)
-        parts.append((kind, c, np.full(n, code, np.int8), order))
+        parts.append((kind, c, np.full(n, kind_code, np.int8), order))
     ts = np.concatenate([p[1]["ts_ns"] for p in parts])
     code = np.concatenate([p[2] for p in parts])
     seq = np.concatenate([p[1]["seq"] for p in parts])
@@ -343,7 +502,9 @@ def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Co
     perm = np.lexsort((seq, cpu, ts))
     in_tree = np.empty(ts.size, bool)
     in_tree[perm] = tree.lookup(tid[perm], ts[perm]) >= 0
-    keep_sorted = filter_allocator_events(code[perm], pfn[perm], order[perm], in_tree[perm])
+    keep_sorted = filter_allocator_events(
+        code[perm], pfn[perm], order[perm], in_tree[perm]
+    )
     keep = np.empty(ts.size, bool)
     keep[perm] = keep_sorted
     tables = {}
@@ -351,15 +512,19 @@ def _allocator_tables(cols: dict, tree: TaskTree, window: Callable[[Columns], Co
     start = 0
     for kind, c, _code, _order in parts:
         n = c["ts_ns"].size
-        k = keep[start:start + n]
+        k = keep[start : start + n]
         start += n
         notes.append(f"{kind}: kept {int(k.sum())} of {n} system-wide events")
         if kind not in chosen:
             continue
         sel = {name: v[k] for name, v in c.items()}
-        row = {"ts_ns": sel["ts_ns"], "cpu": sel["cpu"],
-               "pid": tree.tgid_of(sel["common_pid"], sel["ts_ns"]),
-               "tid": sel["common_pid"], "pfn": sel["pfn"]}
+        row = {
+            "ts_ns": sel["ts_ns"],
+            "cpu": sel["cpu"],
+            "pid": tree.tgid_of(sel["common_pid"], sel["ts_ns"]),
+            "tid": sel["common_pid"],
+            "pfn": sel["pfn"],
+        }
         for name in ("order", "gfp_flags", "migratetype", "percpu_refill"):
             if name in sel:
                 row[name] = sel[name]
@@ -371,6 +536,7 @@ def _window(start_ns: int, end_ns: int) -> Callable[[Columns], Columns]:
     def cut(c: Columns) -> Columns:
         ok = (c["ts_ns"] >= start_ns) & (c["ts_ns"] <= end_ns)
         return {k: v[ok] for k, v in c.items()}
+
     return cut
 
 
@@ -382,6 +548,9 @@ def _table(kind: str, columns: dict[str, np.ndarray]) -> pa.Table:
         if pa.types.is_string(f.type):
             arrays.append(pa.array(list(values), type=f.type))
         else:
-            arrays.append(pa.array(np.asarray(values).astype(f.type.to_pandas_dtype()),
-                                   type=f.type))
+            arrays.append(
+                pa.array(
+                    np.asarray(values).astype(f.type.to_pandas_dtype()), type=f.type
+                )
+            )
     return pa.Table.from_arrays(arrays, schema=schema)

@@ -5,7 +5,7 @@ A page starts with a header (page timestamp, commit word, see
 word holding a 5-bit ``type_len`` and a 27-bit ``time_delta``:
 
 * ``type_len`` 1..28: a data record of ``type_len * 4`` bytes follows;
-* ``type_len`` 0: the next 32-bit word holds the length (it counts itself)
+* ``type_len`` 0: the next 32-bit word contains the length (which counts itself)
   and the record follows it;
 * padding (29): the rest of the page when ``time_delta`` is 0, otherwise a
   discarded record whose length is in the next word; padding does not move
@@ -71,9 +71,25 @@ def _kernels():  # type: ignore[no-untyped-def]
     import numba
 
     @numba.njit(cache=True, nogil=True)
-    def walk(buf, page_size, ts_off, commit_off, commit_size, data_off,
-             padding, time_extend, time_stamp, data_max,
-             out_ts, out_off, out_len, out_type, page_missed, page_status, fill):
+    def walk(
+        buf,
+        page_size,
+        ts_off,
+        commit_off,
+        commit_size,
+        data_off,
+        padding,
+        time_extend,
+        time_stamp,
+        data_max,
+        out_ts,
+        out_off,
+        out_len,
+        out_type,
+        page_missed,
+        page_status,
+        fill,
+    ):
         npages = buf.size // page_size
         n = 0
         for p in range(npages):
@@ -101,8 +117,12 @@ def _kernels():  # type: ignore[no-untyped-def]
             pos = base + data_off
             end = base + data_off + length
             while pos + 4 <= end:
-                word = np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8) | \
-                    (np.int64(buf[pos + 2]) << 16) | (np.int64(buf[pos + 3]) << 24)
+                word = (
+                    np.int64(buf[pos])
+                    | (np.int64(buf[pos + 1]) << 8)
+                    | (np.int64(buf[pos + 2]) << 16)
+                    | (np.int64(buf[pos + 3]) << 24)
+                )
                 type_len = word & 0x1F
                 delta = word >> 5
                 if type_len == padding:
@@ -111,16 +131,24 @@ def _kernels():  # type: ignore[no-untyped-def]
                     if pos + 8 > end:
                         page_status[p] = PAGE_OVERRUN
                         break
-                    size = np.int64(buf[pos + 4]) | (np.int64(buf[pos + 5]) << 8) | \
-                        (np.int64(buf[pos + 6]) << 16) | (np.int64(buf[pos + 7]) << 24)
+                    size = (
+                        np.int64(buf[pos + 4])
+                        | (np.int64(buf[pos + 5]) << 8)
+                        | (np.int64(buf[pos + 6]) << 16)
+                        | (np.int64(buf[pos + 7]) << 24)
+                    )
                     pos += 4 + size
                     continue
                 if type_len == time_extend or type_len == time_stamp:
                     if pos + 8 > end:
                         page_status[p] = PAGE_OVERRUN
                         break
-                    hi = np.int64(buf[pos + 4]) | (np.int64(buf[pos + 5]) << 8) | \
-                        (np.int64(buf[pos + 6]) << 16) | (np.int64(buf[pos + 7]) << 24)
+                    hi = (
+                        np.int64(buf[pos + 4])
+                        | (np.int64(buf[pos + 5]) << 8)
+                        | (np.int64(buf[pos + 6]) << 16)
+                        | (np.int64(buf[pos + 7]) << 24)
+                    )
                     value = (hi << 27) | delta
                     if type_len == time_extend:
                         ts += value
@@ -140,8 +168,12 @@ def _kernels():  # type: ignore[no-untyped-def]
                     if pos + 8 > end:
                         page_status[p] = PAGE_OVERRUN
                         break
-                    size = np.int64(buf[pos + 4]) | (np.int64(buf[pos + 5]) << 8) | \
-                        (np.int64(buf[pos + 6]) << 16) | (np.int64(buf[pos + 7]) << 24)
+                    size = (
+                        np.int64(buf[pos + 4])
+                        | (np.int64(buf[pos + 5]) << 8)
+                        | (np.int64(buf[pos + 6]) << 16)
+                        | (np.int64(buf[pos + 7]) << 24)
+                    )
                     payload = pos + 8
                     plen = size - 4
                     nxt = pos + 4 + size
@@ -156,7 +188,9 @@ def _kernels():  # type: ignore[no-untyped-def]
                     out_ts[n] = ts
                     out_off[n] = payload
                     out_len[n] = plen
-                    out_type[n] = np.int64(buf[payload]) | (np.int64(buf[payload + 1]) << 8)
+                    out_type[n] = np.int64(buf[payload]) | (
+                        np.int64(buf[payload + 1]) << 8
+                    )
                 n += 1
                 pos = nxt
         return n
@@ -165,8 +199,9 @@ def _kernels():  # type: ignore[no-untyped-def]
     return walk
 
 
-def decode_pages(buf: np.ndarray, page_size: int, layout: PageLayout,
-                 source: str = "ring buffer") -> DecodedPages:
+def decode_pages(
+    buf: np.ndarray, page_size: int, layout: PageLayout, source: str = "ring buffer"
+) -> DecodedPages:
     """Decode whole pages in ``buf`` (uint8, a multiple of ``page_size`` long).
 
     Raises :class:`CaptureError` naming ``source`` and the page when a page
@@ -176,7 +211,8 @@ def decode_pages(buf: np.ndarray, page_size: int, layout: PageLayout,
         raise TypeError("buffer must be uint8")
     if buf.size % page_size:
         raise CaptureError(
-            f"{source}: {buf.size} bytes is not a whole number of {page_size}-byte pages"
+            f"{source}: {buf.size} bytes is not a whole number of "
+            f"{page_size}-byte pages"
         )
     walk = _kernels()
     npages = buf.size // page_size
@@ -185,15 +221,26 @@ def decode_pages(buf: np.ndarray, page_size: int, layout: PageLayout,
     empty64 = np.zeros(0, dtype=np.int64)
     empty32 = np.zeros(0, dtype=np.int32)
     empty16 = np.zeros(0, dtype=np.uint16)
-    args = (page_size, layout.timestamp_offset, layout.commit_offset, layout.commit_size,
-            layout.data_offset, layout.padding, layout.time_extend, layout.time_stamp,
-            layout.data_max)
+    args = (
+        page_size,
+        layout.timestamp_offset,
+        layout.commit_offset,
+        layout.commit_size,
+        layout.data_offset,
+        layout.padding,
+        layout.time_extend,
+        layout.time_stamp,
+        layout.data_max,
+    )
     count = walk(buf, *args, empty64, empty64, empty32, empty16, missed, status, False)
     bad = np.flatnonzero(status)
     if bad.size:
         page = int(bad[0])
-        reason = "commit length exceeds the page" if status[page] == PAGE_BAD_LENGTH \
+        reason = (
+            "commit length exceeds the page"
+            if status[page] == PAGE_BAD_LENGTH
             else "an entry runs past the committed data"
+        )
         raise CaptureError(f"{source}: page {page} is malformed: {reason}")
     ts = np.empty(count, dtype=np.int64)
     off = np.empty(count, dtype=np.int64)
@@ -203,8 +250,9 @@ def decode_pages(buf: np.ndarray, page_size: int, layout: PageLayout,
     return DecodedPages(ts, off, length, type_id, missed, buf)
 
 
-def gather_field(buf: np.ndarray, offsets: np.ndarray, fmt: EventFormat,
-                 name: str) -> np.ndarray:
+def gather_field(
+    buf: np.ndarray, offsets: np.ndarray, fmt: EventFormat, name: str
+) -> np.ndarray:
     """Return one scalar field of the records at ``offsets`` as a numpy array."""
     field = fmt.field(name)
     dtype = np.dtype(field.numpy_dtype)
@@ -214,8 +262,9 @@ def gather_field(buf: np.ndarray, offsets: np.ndarray, fmt: EventFormat,
     return np.ascontiguousarray(buf[idx]).view(dtype).reshape(-1)
 
 
-def gather_string(buf: np.ndarray, offsets: np.ndarray, fmt: EventFormat,
-                  name: str) -> np.ndarray:
+def gather_string(
+    buf: np.ndarray, offsets: np.ndarray, fmt: EventFormat, name: str
+) -> np.ndarray:
     """Return a fixed ``char[N]`` field as an array of Python strings."""
     field = fmt.field(name)
     if offsets.size == 0:

@@ -2,8 +2,8 @@
 
 Everything this module changes lives inside instances it creates, so
 removing them restores the global tracing state. Instance names carry the
-capture's process id; an instance left behind by a capture that was killed
-with SIGKILL is removed by the next capture once its owner is gone.
+capture's process id. When a capture is killed with SIGKILL, the next capture
+removes the instances it left behind once their owner is gone.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import re
 from dataclasses import dataclass, field
 
 from paracell.capture.events import SYSTEM, TREE, Tracepoint
-from paracell.capture.formats import EventFormat, PageLayout, parse_event_format, \
-    parse_page_layout
+from paracell.capture.formats import (
+    EventFormat,
+    PageLayout,
+    parse_event_format,
+    parse_page_layout,
+)
 from paracell.capture.tracefs import TraceFS
 from paracell.errors import CaptureError
 
@@ -52,8 +56,9 @@ class Session:
         return self.instances[role]
 
 
-def check_tracepoints(top: TraceFS, tracepoints: list[Tracepoint]) -> dict[
-        Tracepoint, EventFormat]:
+def check_tracepoints(
+    top: TraceFS, tracepoints: list[Tracepoint]
+) -> dict[Tracepoint, EventFormat]:
     """Read each tracepoint's format; raise :class:`CaptureError` for a missing one."""
     formats = {}
     for tp in tracepoints:
@@ -114,15 +119,17 @@ def subbuffer_size(fs: TraceFS) -> int:
     return os.sysconf("SC_PAGE_SIZE")
 
 
-def open_session(top: TraceFS, tracepoints: list[Tracepoint], buffer_kb: int,
-                 buffer_percent: int) -> Session:
+def open_session(
+    top: TraceFS, tracepoints: list[Tracepoint], buffer_kb: int, buffer_percent: int
+) -> Session:
     """Create our instances, set clock and buffer sizes; events stay disabled.
 
     On any failure the instances created so far are removed again.
     """
     formats = check_tracepoints(top, tracepoints)
-    layout = parse_page_layout(top.read("events/header_page"),
-                               top.read("events/header_event"))
+    layout = parse_page_layout(
+        top.read("events/header_page"), top.read("events/header_event")
+    )
     remove_stale_instances(top)
     roles = [TREE, SYSTEM]
     session = Session(top, {}, formats, layout, 0, online_cpus(top))
@@ -130,8 +137,12 @@ def open_session(top: TraceFS, tracepoints: list[Tracepoint], buffer_kb: int,
         for role in roles:
             name = f"{INSTANCE_PREFIX}{os.getpid()}-{role}"
             top.mkdir(f"instances/{name}")
-            inst = Instance(role, name, top.instance(name),
-                            [tp for tp in tracepoints if tp.instance == role])
+            inst = Instance(
+                role,
+                name,
+                top.instance(name),
+                [tp for tp in tracepoints if tp.instance == role],
+            )
             session.instances[role] = inst
             fs = inst.fs
             fs.write("tracing_on", "0")
@@ -157,8 +168,10 @@ def arm_session(session: Session, child_pid: int, notrace_tids: list[int]) -> No
     if system.exists("set_event_notrace_pid"):
         system.write("set_event_notrace_pid", " ".join(str(t) for t in notrace_tids))
     else:
-        log.warning("set_event_notrace_pid is missing; the capture's own "
-                    "allocations are recorded and filtered out afterwards")
+        log.warning(
+            "set_event_notrace_pid is missing; the capture's own "
+            "allocations are recorded and filtered out afterwards"
+        )
     for role in (SYSTEM, TREE):
         inst = session.instances[role]
         for tp in inst.tracepoints:
@@ -182,8 +195,11 @@ def read_lost_events(session: Session) -> dict[str, dict[int, int]]:
         lost[role] = {}
         for cpu in session.cpus:
             stats = parse_stats(inst.fs.read(f"per_cpu/cpu{cpu}/stats"))
-            lost[role][cpu] = (stats.get("overrun", 0) + stats.get("commit overrun", 0)
-                               + stats.get("dropped events", 0))
+            lost[role][cpu] = (
+                stats.get("overrun", 0)
+                + stats.get("commit overrun", 0)
+                + stats.get("dropped events", 0)
+            )
     return lost
 
 
@@ -202,9 +218,11 @@ def close_session(session: Session) -> None:
     """Disable events and remove our instances; log (not raise) what fails."""
     for role in list(session.instances)[::-1]:
         inst = session.instances.pop(role)
-        for step in (lambda: inst.fs.write("tracing_on", "0"),
-                     lambda: session.top.rmdir(f"instances/{inst.name}")):
-            try:
-                step()
-            except CaptureError as exc:
-                log.warning("cleanup: %s", exc)
+        try:
+            inst.fs.write("tracing_on", "0")
+        except CaptureError as exc:
+            log.warning("cleanup: %s", exc)
+        try:
+            session.top.rmdir(f"instances/{inst.name}")
+        except CaptureError as exc:
+            log.warning("cleanup: %s", exc)

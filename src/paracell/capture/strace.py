@@ -35,7 +35,9 @@ from paracell.trace.manifest import Manifest, Workload
 from paracell.trace.schema import arrow_schema
 from paracell.trace.store import Trace, write_trace
 
-_PREFIX = re.compile(r"^(?:(?P<pid>\d+)\s+)?(?P<sec>\d+)\.(?P<frac>\d+)\s+(?P<body>.*)$")
+_PREFIX = re.compile(
+    r"^(?:(?P<pid>\d+)\s+)?(?P<sec>\d+)\.(?P<frac>\d+)\s+(?P<body>.*)$"
+)
 _TT_PREFIX = re.compile(r"^(?:\d+\s+)?\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\s")
 _CALL = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*)\((?P<args>.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (?P<name>[a-z_][a-z0-9_]*) resumed>(?P<args>.*)$")
@@ -51,8 +53,13 @@ _UNKNOWN_SYSCALL = re.compile(r"^syscall_(0x[0-9a-f]+|\d+)$")
 _CLONE_CALLS = ("clone", "clone3", "fork", "vfork")
 
 # Kernel-internal restart codes that strace may show (include/linux/errno.h).
-_KERNEL_ERRNO = {"ERESTARTSYS": 512, "ERESTARTNOINTR": 513, "ERESTARTNOHAND": 514,
-                 "ENOIOCTLCMD": 515, "ERESTART_RESTARTBLOCK": 516}
+_KERNEL_ERRNO = {
+    "ERESTARTSYS": 512,
+    "ERESTARTNOINTR": 513,
+    "ERESTARTNOHAND": 514,
+    "ENOIOCTLCMD": 515,
+    "ERESTART_RESTARTBLOCK": 516,
+}
 
 
 @dataclass
@@ -82,13 +89,15 @@ class StraceLog:
 
 
 def parse_strace_log(path: Path) -> StraceLog:
-    """Parse a log; raise :class:`TraceFormatError` naming file and line on bad input."""
+    """Parse a log; raise :class:`TraceFormatError` naming file and line when bad."""
     log = StraceLog()
     pending: dict[int, _Pending] = {}
     try:
         handle = open(path, encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise TraceFormatError(path, f"cannot read strace log: {exc.strerror}") from None
+        raise TraceFormatError(
+            path, f"cannot read strace log: {exc.strerror}"
+        ) from None
     with handle:
         for line_no, raw in enumerate(handle, start=1):
             line = raw.rstrip("\n")
@@ -99,8 +108,11 @@ def parse_strace_log(path: Path) -> StraceLog:
     for tid, p in pending.items():
         _add_row(log, p.ts_ns, tid, p.name, 0, 0, False, path, p.line_no)
     if log.first_ts_ns is None:
-        raise TraceFormatError(path, "no system calls found in the strace log",
-                               hint="record with strace -f -ttt -T -o LOG CMD")
+        raise TraceFormatError(
+            path,
+            "no system calls found in the strace log",
+            hint="record with strace -f -ttt -T -o LOG CMD",
+        )
     return log
 
 
@@ -109,19 +121,24 @@ def _fail(path: Path, line_no: int, line: str, reason: str) -> TraceFormatError:
     return TraceFormatError(f"{path}:{line_no}", f"{reason}: {text!r}")
 
 
-def _parse_line(path: Path, line_no: int, line: str, log: StraceLog,
-                pending: dict[int, _Pending]) -> None:
+def _parse_line(
+    path: Path, line_no: int, line: str, log: StraceLog, pending: dict[int, _Pending]
+) -> None:
     m = _PREFIX.match(line)
     if m is None:
         if _TT_PREFIX.match(line):
-            raise _fail(path, line_no, line,
-                        "timestamps are not seconds since the epoch; record with -ttt")
+            raise _fail(
+                path,
+                line_no,
+                line,
+                "timestamps are not seconds since the epoch; record with -ttt",
+            )
         raise _fail(path, line_no, line, "not an strace -f -ttt -T line")
     frac = m.group("frac")
     ts_ns = int(m.group("sec")) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
     pid_text = m.group("pid")
-    # Without -f, or before the first fork, strace omits the pid; that task
-    # is the root, whose pid the log learns from a later prefixed line.
+    # A line without a pid (a log recorded without -f) belongs to the root
+    # task. Its pid is taken from the first line that has one.
     tid = int(pid_text) if pid_text is not None else 0
     if log.root_tid is None and pid_text is not None:
         log.root_tid = tid
@@ -140,6 +157,7 @@ def _parse_line(path: Path, line_no: int, line: str, log: StraceLog,
                 log.exit_status = int(em.group(1))
             elif km:
                 import signal
+
                 sig = getattr(signal, km.group(1), None)
                 log.exit_status = 128 + int(sig) if sig is not None else None
         return
@@ -149,9 +167,13 @@ def _parse_line(path: Path, line_no: int, line: str, log: StraceLog,
         name = resumed.group("name")
         start = pending.pop(tid, None)
         if start is not None and start.name != name:
-            raise _fail(path, line_no, line,
-                        f"resumes {name} but the unfinished call of task {tid} "
-                        f"was {start.name}")
+            raise _fail(
+                path,
+                line_no,
+                line,
+                f"resumes {name} but the unfinished call of task {tid} "
+                f"was {start.name}",
+            )
         rest = resumed.group("args")
         if _UNFINISHED.search(rest):
             # "<... x resumed> <unfinished ...>": unfinished again.
@@ -186,8 +208,9 @@ def _parse_line(path: Path, line_no: int, line: str, log: StraceLog,
     _note_clone(log, tid, name, rest, ret, complete)
 
 
-def _return_value(result: re.Match[str], path: Path, line_no: int,
-                  line: str) -> tuple[int, bool]:
+def _return_value(
+    result: re.Match[str], path: Path, line_no: int, line: str
+) -> tuple[int, bool]:
     text = result.group("ret")
     if text == "?":
         return 0, False
@@ -221,8 +244,17 @@ def _syscall_nr(name: str) -> int | None:
     return None
 
 
-def _add_row(log: StraceLog, ts_ns: int, tid: int, name: str, ret: int,
-             duration_ns: int, complete: bool, path: Path, line_no: int) -> None:
+def _add_row(
+    log: StraceLog,
+    ts_ns: int,
+    tid: int,
+    name: str,
+    ret: int,
+    duration_ns: int,
+    complete: bool,
+    path: Path,
+    line_no: int,
+) -> None:
     nr = _syscall_nr(name)
     if nr is None:
         log.unknown_names.add(name)
@@ -237,19 +269,25 @@ def _add_row(log: StraceLog, ts_ns: int, tid: int, name: str, ret: int,
     log.last_ts_ns = max(log.last_ts_ns, ts_ns + duration_ns)
 
 
-def _note_clone(log: StraceLog, tid: int, name: str, args: str, ret: int,
-                complete: bool) -> None:
+def _note_clone(
+    log: StraceLog, tid: int, name: str, args: str, ret: int, complete: bool
+) -> None:
     if name in _CLONE_CALLS and complete and ret > 0:
         parent_tgid = log.tgid.get(tid, tid)
         log.tgid[ret] = parent_tgid if "CLONE_THREAD" in args else ret
 
 
-def import_strace(log_path: Path, output: Path, name: str | None = None,
-                  kind: str = "agent", overwrite: bool = False) -> Trace:
+def import_strace(
+    log_path: Path,
+    output: Path,
+    name: str | None = None,
+    kind: str = "agent",
+    overwrite: bool = False,
+) -> Trace:
     """Convert ``log_path`` into a trace directory at ``output``."""
     log = parse_strace_log(log_path)
-    # Lines without a pid belong to the first task; its pid is learnt from
-    # the first line that has one (0 when no line has, a log without -f).
+    # Lines without a pid belong to the root task, whose pid is that of the
+    # first line with one. A log recorded without -f has none, so it is 0.
     root = log.root_tid or 0
     tid = np.array(log.tid, dtype=np.int64)
     tid[tid == 0] = root
@@ -268,8 +306,9 @@ def import_strace(log_path: Path, output: Path, name: str | None = None,
         "complete": np.array(log.complete, dtype=bool)[order],
     }
     schema = arrow_schema("syscalls")
-    table = pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in schema],
-                                 schema=schema)
+    table = pa.Table.from_arrays(
+        [pa.array(columns[f.name], type=f.type) for f in schema], schema=schema
+    )
     assert log.first_ts_ns is not None
     notes = [
         "imported from an strace -f -ttt -T log; cpu is unknown and stored as 0",
@@ -278,17 +317,23 @@ def import_strace(log_path: Path, output: Path, name: str | None = None,
     if log.root_tid is None:
         notes.append("the log has no pids (recorded without -f); pid and tid are 0")
     if log.unknown_names:
-        notes.append("calls with unknown names were skipped: "
-                     + ", ".join(sorted(log.unknown_names)))
+        notes.append(
+            "calls with unknown names were skipped: "
+            + ", ".join(sorted(log.unknown_names))
+        )
     manifest = Manifest(
-        workload=Workload(name=name or log_path.stem, kind=kind,
-                          command=[f"(strace log {log_path.name})"]),
+        workload=Workload(
+            name=name or log_path.stem,
+            kind=kind,
+            command=[f"(strace log {log_path.name})"],
+        ),
         kernel_release=sysinfo.kernel_release(),
         cpu_count=sysinfo.cpu_count(),
         page_size=sysinfo.page_size(),
         memory_bytes=sysinfo.memory_bytes(),
-        start_time=_dt.datetime.fromtimestamp(log.first_ts_ns / 1e9, _dt.UTC)
-        .isoformat(timespec="seconds"),
+        start_time=_dt.datetime.fromtimestamp(log.first_ts_ns / 1e9, _dt.UTC).isoformat(
+            timespec="seconds"
+        ),
         start_ts_ns=log.first_ts_ns,
         end_ts_ns=max(log.last_ts_ns, log.first_ts_ns),
         clock="wall",

@@ -28,8 +28,8 @@ DEBUGFS_MOUNT = Path("/sys/kernel/debug")
 DEBUGFS_TRACING = DEBUGFS_MOUNT / "tracing"
 
 FALLBACK_HINT = (
-    "without tracefs, record with `strace -f -ttt -T -o LOG CMD` and convert "
-    "with `paracell import-strace LOG -o DIR`"
+    "to trace without root or tracefs, record with `strace -f -ttt -T -o LOG CMD` "
+    "and convert with `paracell import-strace LOG -o DIR`"
 )
 
 
@@ -67,7 +67,9 @@ class TraceFS:
         try:
             value = self.path(rel).read_text()
         except OSError as exc:
-            raise CaptureError(f"cannot read {self.path(rel)}: {exc.strerror}") from None
+            raise CaptureError(
+                f"cannot read {self.path(rel)}: {exc.strerror}"
+            ) from None
         log.debug("read %s -> %r", self.path(rel), value[:80])
         return value
 
@@ -95,8 +97,12 @@ class TraceFS:
         if self.dry_run:
             if self._dry_get(rel) is not None:
                 return True
-            return any(k.startswith((self.prefix + rel.rstrip("/") + "/",
-                                     rel.rstrip("/") + "/")) for k in self.dry_files)
+            return any(
+                k.startswith(
+                    (self.prefix + rel.rstrip("/") + "/", rel.rstrip("/") + "/")
+                )
+                for k in self.dry_files
+            )
         return self.path(rel).exists()
 
     def mkdir(self, rel: str) -> None:
@@ -129,8 +135,11 @@ class TraceFS:
         if self.dry_run:
             names = set()
             for base in {self.prefix + rel.rstrip("/") + "/", rel.rstrip("/") + "/"}:
-                names |= {k[len(base):].split("/")[0] for k in self.dry_files
-                          if k.startswith(base)}
+                names |= {
+                    k[len(base) :].split("/")[0]
+                    for k in self.dry_files
+                    if k.startswith(base)
+                }
             return sorted(names)
         try:
             return sorted(os.listdir(self.path(rel)))
@@ -144,12 +153,19 @@ class TraceFS:
         try:
             return os.open(self.path(rel), flags)
         except OSError as exc:
-            raise CaptureError(f"cannot open {self.path(rel)}: {exc.strerror}") from None
+            raise CaptureError(
+                f"cannot open {self.path(rel)}: {exc.strerror}"
+            ) from None
 
     def instance(self, name: str) -> TraceFS:
         """Return an accessor rooted at ``instances/NAME``, sharing the dry-run log."""
-        return TraceFS(self.root / "instances" / name, self.dry_run, self.writes,
-                       self.dry_files, f"{self.prefix}instances/{name}/")
+        return TraceFS(
+            self.root / "instances" / name,
+            self.dry_run,
+            self.writes,
+            self.dry_files,
+            f"{self.prefix}instances/{name}/",
+        )
 
 
 # --- mounting -----------------------------------------------------------------
@@ -203,7 +219,9 @@ class Mount:
                 _umount(target)
                 log.debug("unmounted %s", target)
             except OSError as exc:
-                # EBUSY: another tracer opened files meanwhile; leave it mounted.
+                # NOTE: EBUSY means another tracer (a second capture, say) has
+                # files open there. It stays mounted; that tracer found it
+                # mounted and will not unmount it either.
                 log.warning("could not unmount %s: %s", target, exc.strerror)
         self.mounted_by_us.clear()
 
@@ -212,8 +230,12 @@ def find_tracefs() -> Path | None:
     """Return a mounted tracefs root, or None."""
     if is_mounted(TRACEFS_MOUNT, "tracefs"):
         return TRACEFS_MOUNT
-    if (DEBUGFS_TRACING / "events").is_dir():
-        return DEBUGFS_TRACING
+    try:
+        if (DEBUGFS_TRACING / "events").is_dir():
+            return DEBUGFS_TRACING
+    except PermissionError:
+        # debugfs is mode 0700: only root can look inside.
+        pass
     for mount_point, fstype in _mounts():
         if fstype == "tracefs":
             return Path(mount_point)

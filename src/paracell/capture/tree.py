@@ -33,14 +33,26 @@ class TaskTree:
     other_tgid: dict[int, int]
 
     @classmethod
-    def build(cls, root_pid: int, ts_ns: np.ndarray, parent_tid: np.ndarray,
-              child_tid: np.ndarray, clone_flags: np.ndarray) -> TaskTree:
+    def build(
+        cls,
+        root_pid: int,
+        ts_ns: np.ndarray,
+        parent_tid: np.ndarray,
+        child_tid: np.ndarray,
+        clone_flags: np.ndarray,
+    ) -> TaskTree:
         """Replay time-sorted ``task_newtask`` events starting from ``root_pid``."""
-        member: dict[int, tuple[int, int]] = {root_pid: (root_pid, 0)}  # tid -> tgid, start
+        # tid -> (tgid, membership start)
+        member: dict[int, tuple[int, int]] = {root_pid: (root_pid, 0)}
         other_tgid: dict[int, int] = {}
         closed: list[tuple[int, int, int, int]] = []
-        for ts, parent, child, flags in zip(ts_ns.tolist(), parent_tid.tolist(),
-                                            child_tid.tolist(), clone_flags.tolist()):
+        for ts, parent, child, flags in zip(
+            ts_ns.tolist(),
+            parent_tid.tolist(),
+            child_tid.tolist(),
+            clone_flags.tolist(),
+            strict=True,
+        ):
             if parent in member:
                 tgid = member[parent][0] if flags & CLONE_THREAD else child
                 if child in member:
@@ -53,12 +65,18 @@ class TaskTree:
                     closed.append((child, old_tgid, start, ts))
                 parent_tgid = other_tgid.get(parent, parent)
                 other_tgid[child] = parent_tgid if flags & CLONE_THREAD else child
-        rows = closed + [(tid, tgid, start, int(_FOREVER)) for tid, (tgid, start)
-                         in member.items()]
+        rows = closed + [
+            (tid, tgid, start, int(_FOREVER)) for tid, (tgid, start) in member.items()
+        ]
         rows.sort()
         arr = np.array(rows, dtype=np.int64).reshape(-1, 4)
-        return cls(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(),
-                   arr[:, 3].copy(), other_tgid)
+        return cls(
+            arr[:, 0].copy(),
+            arr[:, 1].copy(),
+            arr[:, 2].copy(),
+            arr[:, 3].copy(),
+            other_tgid,
+        )
 
     @property
     def nr_tasks(self) -> int:
@@ -66,8 +84,14 @@ class TaskTree:
 
     def lookup(self, tid: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
         """Return the tgid of each (tid, ts) that is in the tree, -1 otherwise."""
-        return _lookup_kernel()(self.tid, self.tgid, self.start_ns, self.end_ns,
-                                tid.astype(np.int64), ts_ns.astype(np.int64))
+        return _lookup_kernel()(
+            self.tid,
+            self.tgid,
+            self.start_ns,
+            self.end_ns,
+            tid.astype(np.int64),
+            ts_ns.astype(np.int64),
+        )
 
     def tgid_of(self, tid: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
         """Return a tgid for every event: tree membership first, then other tasks.
@@ -80,8 +104,10 @@ class TaskTree:
         missing = out < 0
         if missing.any():
             uniq, inv = np.unique(tid[missing], return_inverse=True)
-            resolved = np.array([self.other_tgid.get(int(t), _proc_tgid(int(t)))
-                                 for t in uniq], dtype=np.int64)
+            resolved = np.array(
+                [self.other_tgid.get(int(t), _proc_tgid(int(t))) for t in uniq],
+                dtype=np.int64,
+            )
             out[missing] = resolved[inv]
         return out
 
@@ -129,23 +155,33 @@ def _lookup_kernel():  # type: ignore[no-untyped-def]
 ALLOC, FREE, FREE_BATCHED, ZONE_LOCKED, PCPU_DRAIN = range(5)
 
 
-def filter_allocator_events(code: np.ndarray, pfn: np.ndarray, order: np.ndarray,
-                            in_tree: np.ndarray) -> np.ndarray:
+def filter_allocator_events(
+    code: np.ndarray, pfn: np.ndarray, order: np.ndarray, in_tree: np.ndarray
+) -> np.ndarray:
     """Return a keep-mask over time-sorted allocator events of all tasks.
 
-    Kept: allocations by tree tasks; the free (and batched free) of every
-    page the tree allocated, from whatever context; per-CPU list refills
-    by tree tasks; per-CPU drains of pages the tree allocated last. Pages
-    are tracked one 4 KiB frame at a time, so an order-9 allocation freed
-    as order-0 pieces after a split is followed piece by piece.
+    Kept are allocations by tree tasks and the free (and batched free) of
+    every page the tree allocated, from whatever context. Also kept are
+    per-CPU list refills by tree tasks and per-CPU drains of pages the tree
+    allocated last. Pages are tracked one 4 KiB frame at a time, so an
+    order-9 allocation freed as order-0 pieces after a split is followed
+    piece by piece.
     """
     if code.size == 0:
         return np.zeros(0, dtype=bool)
     valid = pfn < (1 << 52)
-    top = int((pfn[valid] + (np.int64(1) << order[valid].astype(np.int64))).max()) \
-        if valid.any() else 1
-    return _filter_kernel()(code.astype(np.int8), pfn.astype(np.int64),
-                            order.astype(np.int64), in_tree.astype(np.bool_), top + 1)
+    top = (
+        int((pfn[valid] + (np.int64(1) << order[valid].astype(np.int64))).max())
+        if valid.any()
+        else 1
+    )
+    return _filter_kernel()(
+        code.astype(np.int8),
+        pfn.astype(np.int64),
+        order.astype(np.int64),
+        in_tree.astype(np.bool_),
+        top + 1,
+    )
 
 
 def _filter_kernel():  # type: ignore[no-untyped-def]
@@ -168,9 +204,9 @@ def _filter_kernel():  # type: ignore[no-untyped-def]
             if c == ALLOC:
                 if in_tree[i]:
                     keep[i] = True
-                    state[p:p + n] = 1
+                    state[p : p + n] = 1
                 else:
-                    state[p:p + n] = 0
+                    state[p : p + n] = 0
             elif c == FREE:
                 hit = False
                 for q in range(p, min(p + n, nr_frames)):

@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     for kind, count in s.event_counts.items():
         print(f"  {kind:<27} {count:>10}")
     lost = ", ".join(f"{k} {v}" for k, v in s.lost_events.items() if k != "total")
-    print(f"lost events: {s.lost_events.get('total', 0)}" + (f" ({lost})" if lost else ""))
+    print(
+        f"lost events: {s.lost_events.get('total', 0)}" + (f" ({lost})" if lost else "")
+    )
     if s.syscalls:
         print(f"system calls: {len(s.syscalls)} distinct")
         for sc in s.syscalls[:_TOP_SYSCALLS]:
@@ -42,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if "mm_page_alloc" in s.event_counts:
         mib = 1 << 20
         print(f"pages allocated: {s.pages_allocated}, freed: {s.pages_freed}")
-        print(f"peak allocated: {s.peak_allocated_bytes / mib:.1f} MiB, at exit: "
-              f"{s.end_allocated_bytes / mib:.1f} MiB")
+        print(
+            f"peak allocated: {s.peak_allocated_bytes / mib:.1f} MiB, at exit: "
+            f"{s.end_allocated_bytes / mib:.1f} MiB"
+        )
     return 0

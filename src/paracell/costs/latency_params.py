@@ -3,7 +3,7 @@
 Times are stored in ns. Sourced values come from PVM23 (2 x Xeon Platinum
 8269CY at 2.5 GHz, Linux 4.19; bare metal is a bare-metal instance, nested a
 VM instance of the same type), so the defaults of one deployment describe one
-machine. Values derived from two PVM23 figures say which two in their
+machine. A value derived from two PVM23 figures names both in its
 description. Where PVM23 gives no native figure, its EPT guest on bare metal
 (kvm-ept, the hardware-VM configuration that RunV uses) stands in for native,
 because such a guest handles its own system calls and page faults without
@@ -431,7 +431,7 @@ LATENCY_PARAMS: list[Param] = [
         unit="ns",
         source="estimate",
         low=0.0,
-        high=250.0,
+        high=230.0,
         description="extra time to route a system call to the entry gate",
         reasoning="how ParaCell routes system calls is not public; a C library "
         "that calls the gate directly adds nothing, while a host that catches "

@@ -84,11 +84,12 @@ KINDS: dict[str, list[Column]] = {
         _cpu(),
         Column("prev_comm", pa.string()),
         Column("prev_pid", pa.int32(), 0, 2**22, "thread switched out"),
-        Column("prev_prio", pa.int32(), 0, 139),
+        # Kernel prio: -1 for SCHED_DEADLINE, 0-99 real-time, 100-139 normal.
+        Column("prev_prio", pa.int32(), -1, 139),
         Column("prev_state", pa.int64(), 0, None, "TASK_* state bits; 0 is runnable"),
         Column("next_comm", pa.string()),
         Column("next_pid", pa.int32(), 0, 2**22, "thread switched in; 0 is idle"),
-        Column("next_prio", pa.int32(), 0, 139),
+        Column("next_prio", pa.int32(), -1, 139),
     ],
     # task:task_newtask; its "pid" field is stored as child_tid.
     "task_newtask": [

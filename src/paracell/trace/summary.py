@@ -47,27 +47,41 @@ def summarize(trace: Trace) -> TraceSummary:
 
     m = trace.manifest
     summary = TraceSummary(
-        name=m.workload.name, kind=m.workload.kind, source=m.source,
-        duration_ns=m.duration_ns, event_counts=dict(m.event_counts),
-        lost_events=dict(m.lost_events), operations=m.workload.operations,
+        name=m.workload.name,
+        kind=m.workload.kind,
+        source=m.source,
+        duration_ns=m.duration_ns,
+        event_counts=dict(m.event_counts),
+        lost_events=dict(m.lost_events),
+        operations=m.workload.operations,
     )
     if trace.has("syscalls"):
         nr = trace.column("syscalls", "nr")
         duration = trace.column("syscalls", "duration_ns")
         if nr.size:
-            uniq, inverse, counts = np.unique(nr, return_inverse=True, return_counts=True)
+            uniq, inverse, counts = np.unique(
+                nr, return_inverse=True, return_counts=True
+            )
             totals = np.bincount(inverse, weights=duration, minlength=uniq.size)
             rank = np.lexsort((uniq, -counts))
             summary.syscalls = [
-                SyscallCount(int(uniq[i]), syscall_name(int(uniq[i])), int(counts[i]),
-                             int(totals[i]))
+                SyscallCount(
+                    int(uniq[i]),
+                    syscall_name(int(uniq[i])),
+                    int(counts[i]),
+                    int(totals[i]),
+                )
                 for i in rank
             ]
     if trace.has("mm_page_alloc") and trace.has("mm_page_free"):
         a_ts = trace.column("mm_page_alloc", "ts_ns")
-        a_pages = np.left_shift(1, trace.column("mm_page_alloc", "order").astype(np.int64))
+        a_pages = np.left_shift(
+            1, trace.column("mm_page_alloc", "order").astype(np.int64)
+        )
         f_ts = trace.column("mm_page_free", "ts_ns")
-        f_pages = np.left_shift(1, trace.column("mm_page_free", "order").astype(np.int64))
+        f_pages = np.left_shift(
+            1, trace.column("mm_page_free", "order").astype(np.int64)
+        )
         summary.pages_allocated = int(a_pages.sum())
         summary.pages_freed = int(f_pages.sum())
         ts = np.concatenate([a_ts, f_ts])

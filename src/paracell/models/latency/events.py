@@ -13,15 +13,22 @@ number of CPUs running a traced task at the event's time, known from
 the workload as serial and overstates the stretch of a parallel one. The
 weight depends only on the time of an event, so overheads stay additive over
 traces that follow each other in time.
+
+The large tables (system calls, faults, allocations) are summed one Arrow
+record batch at a time through zero-copy views, so classifying a trace
+allocates little beyond a batch. Per-event arrays, which only the timeline
+needs, are built on request by :meth:`TraceEvents.class_events`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from paracell.models.latency import _kernels as kernels
 from paracell.models.latency import syscalls as sc
 from paracell.models.latency.paths import SUBGROUPS
 from paracell.trace.schema import KINDS
@@ -33,177 +40,114 @@ log = logging.getLogger("paracell.models.latency")
 # array maps a thread to its thread-group id in one indexing step.
 _TID_LIMIT = 2**22 + 1
 
+# Allocations are tracked in a byte map with one byte per frame of their span
+# when the span is at most _BYTE_MAP_LIMIT frames (256 GiB of 4 KiB pages) and
+# at most _BYTE_MAP_DENSITY frames per allocated page. Sparser or wider
+# spreads are sorted instead, which costs O(pages log pages), not O(span).
+_BYTE_MAP_LIMIT = 2**26
+_BYTE_MAP_DENSITY = 8
+
 # Sub-group index of each extra system-call path, aligned with SUBGROUPS.
 _PT = {name: i for i, name in enumerate(SUBGROUPS["pt_syscall"])}
 _IO = {name: i for i, name in enumerate(SUBGROUPS["io"])}
 
+# Code of each group's extra path. Codes 1.. are the page-table sub-groups,
+# then the I/O sub-groups, then the timer, so each class is a code range.
+_IO_BASE = 1 + len(_PT)
+_TIMER_CODE = _IO_BASE + len(_IO)
+_NR_CODES = _TIMER_CODE + 1
+_CODE = np.zeros(16, dtype=np.int8)
+_CODE[[sc.FORK, sc.CLONE]] = 1 + _PT["fork"]
+_CODE[sc.EXEC] = 1 + _PT["exec"]
+_CODE[sc.EXIT_GROUP] = 1 + _PT["exit_group"]
+_CODE[sc.PT_UPDATE] = 1 + _PT["update"]
+_CODE[[sc.IO_OUTPUT, sc.IO_SYNC]] = _IO_BASE + _IO["output"]
+_CODE[sc.IO_INPUT] = _IO_BASE + _IO["input"]
+_CODE[sc.TIMER] = _TIMER_CODE
+
+# Rules that decide whether a call of a group took its extra path, by group.
+_ALWAYS, _RET_POSITIVE, _RET_ZERO, _NOT_FAILED = 0, 1, 2, 3
+_RULE = np.zeros(16, dtype=np.int8)
+_RULE[[sc.FORK, sc.CLONE, sc.IO_OUTPUT, sc.IO_INPUT]] = _RET_POSITIVE
+_RULE[[sc.EXEC, sc.IO_SYNC]] = _RET_ZERO
+_RULE[sc.PT_UPDATE] = _NOT_FAILED
+
+# The system-call classes as (class, first code, number of sub-groups).
+_SYSCALL_CODE_CLASSES = (
+    ("pt_syscall", 1, len(_PT)),
+    ("io", _IO_BASE, len(_IO)),
+    ("timer", _TIMER_CODE, 1),
+)
+
 
 @dataclass
 class ClassEvents:
-    """The events of one class, as rows of one source table.
+    """Per-event arrays of one class, in time order, for the timeline.
 
-    ``ts_ns``, ``cpu`` and ``tid`` are whole columns of the source table. When
-    ``codes`` is set, the class holds the rows whose code lies in
-    ``[first_code, first_code + nr_subgroups)`` and the code minus
-    ``first_code`` indexes ``SUBGROUPS[class]``; otherwise it holds every row,
-    all in sub-group 0. ``amount`` is each row's multiplicity (pages for the
-    page classes; ``None`` means 1) and ``weight`` its 1/k concurrency weight
-    (``None`` means 1). Several classes share the columns of the system-call
-    table, so classifying copies nothing per class.
+    ``sub`` indexes ``SUBGROUPS[class]``, ``amount`` is the multiplicity of
+    each event (pages for the page classes, else 1) and ``weight`` its 1/k
+    concurrency weight.
     """
 
     ts_ns: np.ndarray
     cpu: np.ndarray
     tid: np.ndarray
-    nr_subgroups: int = 1
-    codes: np.ndarray | None = None
-    first_code: int = 0
-    amount: np.ndarray | None = None
-    weight: np.ndarray | None = None
+    sub: np.ndarray
+    amount: np.ndarray
+    weight: np.ndarray
 
-    def rows(self) -> np.ndarray | None:
-        """Return the indices of this class's rows, or ``None`` for every row."""
-        if self.codes is None:
-            return None
-        last = self.first_code + self.nr_subgroups
-        return np.flatnonzero((self.codes >= self.first_code) & (self.codes < last))
-
-    def select(
-        self,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return (ts_ns, cpu, tid, sub-group, amount, weight) of the class's events."""
-        rows = self.rows()
-
-        def pick(column: np.ndarray) -> np.ndarray:
-            return column if rows is None else column[rows]
-
-        n = self.ts_ns.size if rows is None else rows.size
-        sub = (
-            pick(self.codes).astype(np.int64) - self.first_code
-            if self.codes is not None
-            else np.zeros(n, dtype=np.int64)
-        )
-        amount = pick(self.amount) if self.amount is not None else np.ones(n)
-        weight = pick(self.weight) if self.weight is not None else np.ones(n)
-        return pick(self.ts_ns), pick(self.cpu), pick(self.tid), sub, amount, weight
-
-
-class _Sums:
-    """Counts and weighted counts per sub-group, sharing work between classes.
-
-    Classes cut from one code array reuse one ``bincount`` of it.
-    """
-
-    def __init__(self) -> None:
-        self._by_codes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def of(self, events: ClassEvents) -> tuple[np.ndarray, np.ndarray]:
-        """Return (count, weighted count) per sub-group of ``events``."""
-        weights = _product(events.amount, events.weight)
-        if events.codes is None:
-            total = (
-                float(events.amount.sum())
-                if events.amount is not None
-                else float(events.ts_ns.size)
-            )
-            total_weighted = float(weights.sum()) if weights is not None else total
-            return np.array([total]), np.array([total_weighted])
-        key = id(events.codes)
-        if key not in self._by_codes:
-            size = int(events.codes.max()) + 1 if events.codes.size else 1
-            count_all = np.bincount(events.codes, weights=events.amount, minlength=size)
-            weighted_all = np.bincount(events.codes, weights=weights, minlength=size)
-            self._by_codes[key] = (count_all.astype(float), weighted_all.astype(float))
-        count_all, weighted_all = self._by_codes[key]
-        span = slice(events.first_code, events.first_code + events.nr_subgroups)
-        count = np.zeros(events.nr_subgroups)
-        weighted = np.zeros(events.nr_subgroups)
-        available = count_all[span]
-        count[: available.size] = available
-        weighted[: available.size] = weighted_all[span]
-        return count, weighted
-
-
-def _product(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return a * b
+    def __len__(self) -> int:
+        return int(self.ts_ns.size)
 
 
 @dataclass
 class TraceEvents:
-    """A classified trace: native time, per-class events and their sums."""
+    """A classified trace: native time and per-class sums of its events.
+
+    ``counts[class][subgroup]`` is how often a path is taken, in pages for the
+    page classes. ``weighted`` is the same sum with each event weighted by
+    1/k, as the module docstring explains.
+    """
 
     name: str
     start_ts_ns: int
     end_ts_ns: int
     nr_events: int
-    classes: dict[str, ClassEvents]
-    counts: dict[str, dict[str, float]] = field(default_factory=dict)
-    weighted: dict[str, dict[str, float]] = field(default_factory=dict)
+    counts: dict[str, dict[str, float]]
+    weighted: dict[str, dict[str, float]]
     concurrency: str = "serial"
     mean_busy_cpus: float = 1.0
     operations: int | None = None
     operation_unit: str | None = None
+    trace: Trace | None = field(default=None, repr=False, compare=False)
 
     @property
     def native_ns(self) -> int:
         return self.end_ts_ns - self.start_ts_ns
 
-    def summarise(self) -> None:
-        """Fill ``counts`` and ``weighted`` from the per-class events."""
-        sums = _Sums()
-        for cls, subs in SUBGROUPS.items():
-            events = self.classes.get(cls)
-            if events is None or events.ts_ns.size == 0:
-                zeros = dict.fromkeys(subs, 0.0)
-                self.counts[cls], self.weighted[cls] = zeros, dict(zeros)
-                continue
-            count, weighted = sums.of(events)
-            self.counts[cls] = {s: float(count[i]) for i, s in enumerate(subs)}
-            self.weighted[cls] = {s: float(weighted[i]) for i, s in enumerate(subs)}
-
     def scale_pages(self, event_class: str, nr_pages: int) -> None:
         """Replace the page count of a page class, keeping its mean weight.
 
-        The memory model can supply a count for a modelled guest (its
-        ``static`` policy's secondary faults, or the Pager's binds); the
-        pages keep the trace's mean concurrency weight of allocations.
+        The memory model can supply a count for a modelled guest, such as its
+        ``static`` policy's secondary faults or the Pager's binds. The pages
+        keep the trace's mean concurrency weight of allocations.
         """
         if nr_pages < 0:
             raise ValueError(f"page count must not be negative, not {nr_pages}")
         count = self.counts[event_class]["pages"]
         weighted = self.weighted[event_class]["pages"]
-        mean_weight = weighted / count if count else self._mean_weight()
+        mean_weight = weighted / count if count else 1.0 / max(1.0, self.mean_busy_cpus)
         self.counts[event_class]["pages"] = float(nr_pages)
         self.weighted[event_class]["pages"] = float(nr_pages) * mean_weight
 
-    def _mean_weight(self) -> float:
-        return 1.0 / max(1.0, self.mean_busy_cpus)
+    def class_events(self) -> dict[str, ClassEvents]:
+        """Return the per-event arrays of every class (read from the trace again)."""
+        if self.trace is None:
+            raise ValueError(f"{self.name}: classified without its trace")
+        return _Classifier(self.trace).class_events()
 
 
-class _Columns:
-    """Numpy columns of a trace, each converted from Arrow once.
-
-    Converting a many-chunk Arrow column copies it, so a classification
-    that reads a column several times converts it only once.
-    """
-
-    def __init__(self, trace: Trace) -> None:
-        self.trace = trace
-        self._cache: dict[tuple[str, str], np.ndarray] = {}
-
-    def __call__(self, kind: str, name: str) -> np.ndarray:
-        key = (kind, name)
-        if key not in self._cache:
-            column = self.trace.table(kind).column(name)
-            self._cache[key] = column.to_numpy(zero_copy_only=False)
-        return self._cache[key]
-
-
-def first_touched_pages(trace: Trace | _Columns) -> np.ndarray:
+def first_touched_pages(trace: Trace) -> np.ndarray:
     """Return, per ``mm_page_alloc`` row, how many of its pages are touched first.
 
     A page's first touch is taken to happen at its allocation, so the first
@@ -211,11 +155,22 @@ def first_touched_pages(trace: Trace | _Columns) -> np.ndarray:
     touches it first and later allocations of the same frame do not. The sum
     is the number of distinct page frames the traced tasks allocated.
     """
-    column = trace if isinstance(trace, _Columns) else _Columns(trace)
-    pfn = column("mm_page_alloc", "pfn")
+    if not trace.has("mm_page_alloc"):
+        return np.zeros(0, dtype=np.int64)
+    pfn = trace.column("mm_page_alloc", "pfn")
     if pfn.size == 0:
         return np.zeros(0, dtype=np.int64)
-    order = column("mm_page_alloc", "order")
+    order = trace.column("mm_page_alloc", "order")
+    low = int(pfn.min())
+    span = int(pfn.max()) - low + (1 << int(order.max()))
+    nr_pages = int(np.left_shift(1, order.astype(np.int64)).sum())
+    if span <= min(_BYTE_MAP_LIMIT, _BYTE_MAP_DENSITY * nr_pages):
+        return kernels.first_touches(pfn, order, np.uint64(low), span)
+    return _first_touches_by_sorting(pfn, order)
+
+
+def _first_touches_by_sorting(pfn: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Return what :func:`first_touched_pages` returns, by sorting the page frames."""
     owner: np.ndarray | None = None
     if order.any():
         nr_pages = np.left_shift(1, order.astype(np.int64))
@@ -241,7 +196,7 @@ def _first_occurrences(values: np.ndarray) -> np.ndarray:
     if span > (2**62) // n:
         return np.unique(values, return_index=True)[1]
     # NOTE: packing (value, index) into one int64 lets a plain sort, which
-    # numpy vectorises, stand in for the stable argsort of np.unique; it is
+    # numpy vectorises, stand in for the stable argsort of np.unique. That is
     # several times faster on a million allocations.
     key = (values - low).astype(np.int64) * n + np.arange(n, dtype=np.int64)
     key.sort()
@@ -259,8 +214,8 @@ def count_first_touches(trace: Trace) -> int:
 class _Concurrency:
     """Number of CPUs running a traced task, as a step function of time.
 
-    ``busy[j]`` holds from ``ts_ns[j]`` until the next step; ``initial``
-    holds before the first.
+    After the ``j``-th step (``ts_ns[j]``) the level is ``busy[j]``; before
+    the first it is ``initial``.
     """
 
     def __init__(self, ts_ns: np.ndarray, busy: np.ndarray, initial: int) -> None:
@@ -271,18 +226,23 @@ class _Concurrency:
         self.ts_ns = ts_ns[changes]
         self.busy = busy[changes]
         self.initial = initial
-        self._weight = 1.0 / np.maximum(np.concatenate(([initial], self.busy)), 1)
+        # Weight after j steps, for j = 0 .. number of steps.
+        self.step_weight = 1.0 / np.maximum(np.concatenate(([initial], self.busy)), 1)
 
     def weights(self, ts_ns: np.ndarray) -> np.ndarray:
         """Return 1 / max(1, busy CPUs) at each of the sorted times ``ts_ns``.
 
-        An event at the time of a step already sees the new level.
+        An event at the time of a step gets the level after the step.
         """
-        # Cutting the sorted events at each step costs O(steps x log events)
-        # plus one fill, far less than a search per event.
-        cuts = np.searchsorted(ts_ns, self.ts_ns, side="left")
+        if ts_ns.size == 0:
+            return np.zeros(0)
+        # Only the steps within the events' time range cut them, so a batch
+        # of events costs O(its steps x log batch) plus one fill.
+        first = int(np.searchsorted(self.ts_ns, ts_ns[0], side="right"))
+        last = int(np.searchsorted(self.ts_ns, ts_ns[-1], side="right"))
+        cuts = np.searchsorted(ts_ns, self.ts_ns[first:last], side="left")
         counts = np.diff(cuts, prepend=0, append=ts_ns.size)
-        return np.repeat(self._weight, counts)
+        return np.repeat(self.step_weight[first : last + 1], counts)
 
     def mean(self, start_ns: int, end_ns: int) -> float:
         """Return the time-weighted mean number of busy CPUs over the trace."""
@@ -294,37 +254,35 @@ class _Concurrency:
         return float(np.sum(np.diff(edges) * levels) / (end_ns - start_ns))
 
 
-def _tgid_map(column: _Columns) -> np.ndarray:
-    """Return an array that maps each traced thread id to its thread-group id, or -1."""
-    trace = column.trace
-    tgid_of = np.full(_TID_LIMIT, -1, dtype=np.int32)
-    for kind in ("mm_page_alloc", "page_fault_user", "syscalls"):
-        if trace.has(kind):
-            tgid_of[column(kind, "tid")] = column(kind, "pid")
-    if trace.has("task_newtask"):
-        tgid_of[column("task_newtask", "child_tid")] = column(
-            "task_newtask", "child_pid"
-        )
-    tgid_of[0] = -1  # the idle task belongs to no traced process
-    return tgid_of
+@dataclass
+class _SchedEvents:
+    idle: ClassEvents
+    mm_switch: ClassEvents
+    concurrency: _Concurrency | None
 
 
-def _classify_sched(
-    column: _Columns, tgid_of: np.ndarray
-) -> tuple[ClassEvents, ClassEvents, _Concurrency | None]:
-    ts = column("sched_switch", "ts_ns")
-    cpu = column("sched_switch", "cpu")
-    prev_pid = column("sched_switch", "prev_pid")
-    next_pid = column("sched_switch", "next_pid")
-    if ts.size == 0:
-        empty = ClassEvents(ts, cpu, next_pid)
-        return empty, empty, None
+def _batches(trace: Trace, kind: str, names: tuple[str, ...]) -> Iterator[dict]:
+    """Yield the columns of each record batch of a table as numpy views."""
+    if not trace.has(kind):
+        return
+    for batch in trace.table(kind).to_batches():
+        if batch.num_rows:
+            yield {
+                name: batch.column(name).to_numpy(zero_copy_only=False)
+                for name in names
+            }
+
+
+def _classify_sched(trace: Trace, tgid_of: np.ndarray) -> _SchedEvents:
+    ts = trace.column("sched_switch", "ts_ns")
+    cpu = trace.column("sched_switch", "cpu")
+    prev_pid = trace.column("sched_switch", "prev_pid")
+    next_pid = trace.column("sched_switch", "next_pid")
     prev_tgid = tgid_of[prev_pid]
     next_tgid = tgid_of[next_pid]
 
     # Idle: a traced task hands its CPU to the idle task; the vCPU halts.
     idle_rows = np.flatnonzero((next_pid == 0) & (prev_tgid >= 0))
-    idle = ClassEvents(ts[idle_rows], cpu[idle_rows], prev_pid[idle_rows])
 
     # Rows grouped by CPU, in time order within each CPU; CPU numbers fit in
     # 16 bits, for which numpy's stable sort is a radix sort.
@@ -336,13 +294,12 @@ def _classify_sched(
     # Address-space switch: a traced task of another process than the one
     # last run on this CPU. The idle task and untraced tasks keep the loaded
     # address space (lazy TLB, or outside the container), so they are skipped.
-    switch_in = next_tgid[order] >= 0
-    in_rows = order[switch_in]
+    in_rows = order[next_tgid[order] >= 0]
     in_tgid = next_tgid[in_rows]
     in_cpu = cpu[in_rows]
     initial_tgid = np.full(int(cpu.max()) + 1, -2, dtype=np.int64)
     initial_tgid[grouped_cpu[first]] = prev_tgid[order[first]]
-    rows = in_rows
+    switch_rows = in_rows
     if in_rows.size:
         previous = np.empty(in_rows.size, dtype=np.int64)
         previous[1:] = in_tgid[:-1]
@@ -351,11 +308,10 @@ def _classify_sched(
         previous[new_cpu] = initial_tgid[in_cpu[new_cpu]]
         # A CPU whose loaded address space is unknown (-1, -2) counts as a switch.
         changed = (previous != in_tgid) | (previous < 0)
-        rows = np.sort(in_rows[changed])
-    mm_switch = ClassEvents(ts[rows], cpu[rows], next_pid[rows])
+        switch_rows = np.sort(in_rows[changed])
 
     # Concurrency: a CPU is busy from a switch to a traced task until a
-    # switch away from it; before its first switch it runs that switch's prev.
+    # switch away from it. Before its first switch it runs that switch's prev.
     state = (next_tgid >= 0).astype(np.int64)
     grouped_state = state[order]
     old_state = np.empty_like(grouped_state)
@@ -365,162 +321,296 @@ def _classify_sched(
     delta = np.empty_like(state)
     delta[order] = grouped_state - old_state
     initial = int(initial_state.sum())
-    busy = initial + np.cumsum(delta)
-    return idle, mm_switch, _Concurrency(ts, busy, initial)
+    concurrency = _Concurrency(ts, initial + np.cumsum(delta), initial)
 
+    def events(rows: np.ndarray, tid: np.ndarray) -> ClassEvents:
+        return ClassEvents(
+            ts[rows],
+            cpu[rows],
+            tid[rows],
+            sub=np.zeros(rows.size, dtype=np.int64),
+            amount=np.ones(rows.size),
+            weight=concurrency.weights(ts[rows]),
+        )
 
-# Rules that decide whether a call of a group took its extra path, by group.
-_ALWAYS, _RET_POSITIVE, _RET_ZERO, _NOT_FAILED = 0, 1, 2, 3
-_RULE = np.zeros(16, dtype=np.int8)
-_RULE[[sc.FORK, sc.CLONE, sc.IO_OUTPUT, sc.IO_INPUT]] = _RET_POSITIVE
-_RULE[[sc.EXEC, sc.IO_SYNC]] = _RET_ZERO
-_RULE[sc.PT_UPDATE] = _NOT_FAILED
-
-# Code of each group's extra path. Codes 1.. are the page-table sub-groups,
-# then the I/O sub-groups, then the timer, so each class is a code range.
-_IO_BASE = 1 + len(_PT)
-_TIMER_CODE = _IO_BASE + len(_IO)
-_CODE = np.zeros(16, dtype=np.int8)
-_CODE[[sc.FORK, sc.CLONE]] = 1 + _PT["fork"]
-_CODE[sc.EXEC] = 1 + _PT["exec"]
-_CODE[sc.EXIT_GROUP] = 1 + _PT["exit_group"]
-_CODE[sc.PT_UPDATE] = 1 + _PT["update"]
-_CODE[[sc.IO_OUTPUT, sc.IO_SYNC]] = _IO_BASE + _IO["output"]
-_CODE[sc.IO_INPUT] = _IO_BASE + _IO["input"]
-_CODE[sc.TIMER] = _TIMER_CODE
-
-
-def _classify_syscalls(
-    column: _Columns, tgid_of: np.ndarray | None
-) -> tuple[ClassEvents, ClassEvents, ClassEvents, ClassEvents]:
-    ts = column("syscalls", "ts_ns")
-    cpu = column("syscalls", "cpu")
-    tid = column("syscalls", "tid")
-    nr = column("syscalls", "nr")
-    group = sc.SYSCALL_GROUP[nr]
-
-    # Each call takes at most one extra path. Only the calls of a group with
-    # one are examined further.
-    rows = np.flatnonzero(group)
-    group = group[rows]
-    ret = column("syscalls", "ret")[rows]
-    complete = column("syscalls", "complete")[rows]
-    rule = _RULE[group]
-    took = (
-        (rule == _ALWAYS)
-        | ((rule == _RET_POSITIVE) & (ret > 0))
-        | ((rule == _RET_ZERO) & (ret == 0) & complete)
-        | ((rule == _NOT_FAILED) & ~sc.failed(ret))
+    return _SchedEvents(
+        events(idle_rows, prev_pid), events(switch_rows, next_pid), concurrency
     )
-    clones = np.flatnonzero((group == sc.CLONE) & took)
-    if clones.size:
-        took[clones] = _clone_copies_mm(column, ret[clones], tid[rows[clones]], tgid_of)
-    codes = np.zeros(ts.size, dtype=np.int8)
-    codes[rows] = np.where(took, _CODE[group], 0)
-
-    syscall = ClassEvents(ts, cpu, tid)
-    pt = ClassEvents(ts, cpu, tid, len(_PT), codes, 1)
-    io = ClassEvents(ts, cpu, tid, len(_IO), codes, _IO_BASE)
-    timer = ClassEvents(ts, cpu, tid, 1, codes, _TIMER_CODE)
-    return syscall, pt, io, timer
 
 
-def _clone_copies_mm(
-    column: _Columns,
-    child_tid: np.ndarray,
-    caller_tid: np.ndarray,
-    tgid_of: np.ndarray | None,
-) -> np.ndarray:
-    """Return whether each clone gave its child (``child_tid``) a copied address space.
+class _CloneFlags:
+    """Decides whether a clone call copied its caller's address space."""
 
-    ``task_newtask`` records the clone flags: without CLONE_VM the kernel
-    copies the page tables. Without it, a child in the caller's thread group
-    is a thread; any other child is taken to be a fork, although a
-    CLONE_VM | CLONE_VFORK child (posix_spawn) copies nothing.
-    """
-    child = child_tid.astype(np.int64)
-    known = np.zeros(child.size, dtype=bool)
-    copies = np.ones(child.size, dtype=bool)
-    trace = column.trace
-    if trace.has("task_newtask") and trace.table("task_newtask").num_rows:
-        new_tid = column("task_newtask", "child_tid").astype(np.int64)
-        flags = column("task_newtask", "clone_flags")
-        order = np.argsort(new_tid, kind="stable")
-        where = np.minimum(np.searchsorted(new_tid[order], child), new_tid.size - 1)
-        known = new_tid[order][where] == child
-        shares_mm = (flags[order][where] & np.uint64(sc.CLONE_VM)) != 0
-        copies = ~shares_mm
-    if tgid_of is not None:
-        in_range = child < _TID_LIMIT
-        same_group = tgid_of[np.where(in_range, child, 0)] == tgid_of[caller_tid]
-        copies = np.where(~known & in_range & same_group, False, copies)
-    return copies
+    def __init__(self, trace: Trace, tgid_of: np.ndarray | None) -> None:
+        self.tgid_of = tgid_of
+        self.new_tid = np.zeros(0, dtype=np.int64)
+        self.shares_mm = np.zeros(0, dtype=bool)
+        if trace.has("task_newtask") and trace.table("task_newtask").num_rows:
+            new_tid = trace.column("task_newtask", "child_tid").astype(np.int64)
+            flags = trace.column("task_newtask", "clone_flags")
+            order = np.argsort(new_tid, kind="stable")
+            self.new_tid = new_tid[order]
+            self.shares_mm = (flags[order] & np.uint64(sc.CLONE_VM)) != 0
+
+    def copies_mm(self, child_tid: np.ndarray, caller_tid: np.ndarray) -> np.ndarray:
+        """Return whether each clone gave its child a copied address space.
+
+        ``task_newtask`` records the clone flags: without CLONE_VM the kernel
+        copies the page tables. Without a record, a child in the caller's
+        thread group is a thread; any other child is taken to be a fork,
+        although a CLONE_VM | CLONE_VFORK child (posix_spawn) copies nothing.
+        """
+        child = child_tid.astype(np.int64)
+        known = np.zeros(child.size, dtype=bool)
+        copies = np.ones(child.size, dtype=bool)
+        if self.new_tid.size:
+            where = np.minimum(
+                np.searchsorted(self.new_tid, child), self.new_tid.size - 1
+            )
+            known = self.new_tid[where] == child
+            copies = ~self.shares_mm[where]
+        if self.tgid_of is not None:
+            in_range = child < _TID_LIMIT
+            same_group = (
+                self.tgid_of[np.where(in_range, child, 0)] == self.tgid_of[caller_tid]
+            )
+            copies = np.where(~known & in_range & same_group, False, copies)
+        return copies
+
+
+class _Classifier:
+    """Classifies one trace; shared by the streaming sums and the timeline arrays."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        has_sched = (
+            trace.has("sched_switch") and trace.table("sched_switch").num_rows > 0
+        )
+        needs_map = has_sched or not trace.has("task_newtask")
+        self.tgid_of = self._tgid_map() if needs_map else None
+        self.sched = None
+        if has_sched and self.tgid_of is not None:
+            self.sched = _classify_sched(trace, self.tgid_of)
+        self.clones = _CloneFlags(trace, self.tgid_of)
+
+    @property
+    def concurrency(self) -> _Concurrency | None:
+        return self.sched.concurrency if self.sched is not None else None
+
+    def _tgid_map(self) -> np.ndarray:
+        """Return an array mapping each traced thread id to its thread group, or -1."""
+        tgid_of = np.full(_TID_LIMIT, -1, dtype=np.int32)
+        for kind in ("mm_page_alloc", "page_fault_user", "syscalls"):
+            for batch in _batches(self.trace, kind, ("tid", "pid")):
+                tgid_of[batch["tid"]] = batch["pid"]
+        for batch in _batches(self.trace, "task_newtask", ("child_tid", "child_pid")):
+            tgid_of[batch["child_tid"]] = batch["child_pid"]
+        tgid_of[0] = -1  # the idle task belongs to no traced process
+        return tgid_of
+
+    def _steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the step times of the concurrency and the weight after each step."""
+        concurrency = self.concurrency
+        if concurrency is None:
+            return np.zeros(0, dtype=np.int64), np.ones(1)
+        return concurrency.ts_ns.astype(np.int64), concurrency.step_weight
+
+    def _weights(self, ts_ns: np.ndarray) -> np.ndarray | None:
+        concurrency = self.concurrency
+        return concurrency.weights(ts_ns) if concurrency is not None else None
+
+    def syscall_codes(
+        self, nr: np.ndarray, ret: np.ndarray, complete: np.ndarray, tid: np.ndarray
+    ) -> np.ndarray:
+        """Return each call's extra-path code (0: none)."""
+        group = sc.SYSCALL_GROUP[nr]
+        codes = np.zeros(nr.size, dtype=np.int8)
+        # Each call takes at most one extra path; only the calls of a group
+        # with one are examined further.
+        rows = np.flatnonzero(group)
+        if rows.size == 0:
+            return codes
+        group = group[rows]
+        ret = ret[rows]
+        rule = _RULE[group]
+        took = (
+            (rule == _ALWAYS)
+            | ((rule == _RET_POSITIVE) & (ret > 0))
+            | ((rule == _RET_ZERO) & (ret == 0) & complete[rows])
+            | ((rule == _NOT_FAILED) & ~sc.failed(ret))
+        )
+        clones = np.flatnonzero((group == sc.CLONE) & took)
+        if clones.size:
+            took[clones] = self.clones.copies_mm(ret[clones], tid[rows[clones]])
+        codes[rows] = np.where(took, _CODE[group], 0)
+        return codes
+
+    def summarise(self) -> TraceEvents:
+        """Return the per-class sums, streaming over the large tables."""
+        trace = self.trace
+        counts = {c: dict.fromkeys(subs, 0.0) for c, subs in SUBGROUPS.items()}
+        weighted = {c: dict.fromkeys(subs, 0.0) for c, subs in SUBGROUPS.items()}
+
+        def add(cls: str, sub: str, count: float, weight_sum: float) -> None:
+            counts[cls][sub] += count
+            weighted[cls][sub] += weight_sum
+
+        step_ts, step_weight = self._steps()
+        no_amount = np.zeros(0)
+
+        # The last slot of the code arrays counts every call.
+        code_counts = np.zeros(_NR_CODES + 1)
+        code_weighted = np.zeros(_NR_CODES + 1)
+        clone_rows = np.empty(0, dtype=np.int64)
+        names = ("ts_ns", "tid", "nr", "ret", "complete")
+        for batch in _batches(trace, "syscalls", names):
+            ts = batch["ts_ns"]
+            if clone_rows.size < ts.size:
+                clone_rows = np.empty(ts.size, dtype=np.int64)
+            nr_clones = kernels.syscall_totals(
+                ts,
+                batch["nr"],
+                batch["ret"],
+                batch["complete"],
+                step_ts,
+                step_weight,
+                sc.SYSCALL_GROUP,
+                _RULE,
+                _CODE,
+                sc.CLONE,
+                code_counts,
+                code_weighted,
+                clone_rows,
+            )
+            if nr_clones:
+                rows = clone_rows[:nr_clones]
+                copies = rows[
+                    self.clones.copies_mm(batch["ret"][rows], batch["tid"][rows])
+                ]
+                fork = 1 + _PT["fork"]
+                code_counts[fork] += copies.size
+                w = self._weights(ts[copies])
+                code_weighted[fork] += float(w.sum()) if w is not None else copies.size
+        add("syscall", "all", code_counts[-1], code_weighted[-1])
+        for cls, first_code, nr_subgroups in _SYSCALL_CODE_CLASSES:
+            for i, sub in enumerate(SUBGROUPS[cls][:nr_subgroups]):
+                add(
+                    cls, sub, code_counts[first_code + i], code_weighted[first_code + i]
+                )
+
+        for batch in _batches(trace, "page_fault_user", ("ts_ns",)):
+            add(
+                "fault",
+                "all",
+                *kernels.weighted_total(
+                    batch["ts_ns"], no_amount, step_ts, step_weight
+                ),
+            )
+
+        new_pages = first_touched_pages(trace).astype(np.float64)
+        offset = 0
+        for batch in _batches(trace, "mm_page_alloc", ("ts_ns",)):
+            n = batch["ts_ns"].size
+            totals = kernels.weighted_total(
+                batch["ts_ns"], new_pages[offset : offset + n], step_ts, step_weight
+            )
+            offset += n
+            add("first_touch", "pages", *totals)
+            add("pager_bind", "pages", *totals)
+
+        if self.sched is not None:
+            for cls, class_events in (
+                ("idle", self.sched.idle),
+                ("mm_switch", self.sched.mm_switch),
+            ):
+                add(cls, "all", len(class_events), float(class_events.weight.sum()))
+
+        manifest = trace.manifest
+        concurrency = self.concurrency
+        return TraceEvents(
+            name=manifest.workload.name,
+            start_ts_ns=manifest.start_ts_ns,
+            end_ts_ns=manifest.end_ts_ns,
+            nr_events=sum(trace.table(k).num_rows for k in KINDS if trace.has(k)),
+            counts=counts,
+            weighted=weighted,
+            concurrency="sched_switch" if concurrency is not None else "serial",
+            mean_busy_cpus=(
+                concurrency.mean(manifest.start_ts_ns, manifest.end_ts_ns)
+                if concurrency is not None
+                else 1.0
+            ),
+            operations=manifest.workload.operations,
+            operation_unit=manifest.workload.operation_unit,
+            trace=trace,
+        )
+
+    def _events(
+        self,
+        ts: np.ndarray,
+        cpu: np.ndarray,
+        tid: np.ndarray,
+        sub: np.ndarray,
+        amount: np.ndarray | None = None,
+    ) -> ClassEvents:
+        w = self._weights(ts)
+        return ClassEvents(
+            ts,
+            cpu,
+            tid,
+            sub,
+            amount if amount is not None else np.ones(ts.size),
+            w if w is not None else np.ones(ts.size),
+        )
+
+    def class_events(self) -> dict[str, ClassEvents]:
+        """Return the per-event arrays of every class present in the trace."""
+        trace = self.trace
+        out: dict[str, ClassEvents] = {}
+        if self.sched is not None:
+            out["idle"], out["mm_switch"] = self.sched.idle, self.sched.mm_switch
+        if trace.has("syscalls"):
+            column = {
+                n: trace.column("syscalls", n)
+                for n in ("ts_ns", "cpu", "tid", "nr", "ret", "complete")
+            }
+            codes = self.syscall_codes(
+                column["nr"], column["ret"], column["complete"], column["tid"]
+            )
+            ts, cpu, tid = column["ts_ns"], column["cpu"], column["tid"]
+            out["syscall"] = self._events(ts, cpu, tid, np.zeros(ts.size, np.int64))
+            for cls, first_code, nr_subgroups in _SYSCALL_CODE_CLASSES:
+                rows = np.flatnonzero(
+                    (codes >= first_code) & (codes < first_code + nr_subgroups)
+                )
+                sub = codes[rows].astype(np.int64) - first_code
+                out[cls] = self._events(ts[rows], cpu[rows], tid[rows], sub)
+        if trace.has("page_fault_user"):
+            ts = trace.column("page_fault_user", "ts_ns")
+            out["fault"] = self._events(
+                ts,
+                trace.column("page_fault_user", "cpu"),
+                trace.column("page_fault_user", "tid"),
+                np.zeros(ts.size, np.int64),
+            )
+        if trace.has("mm_page_alloc"):
+            new_pages = first_touched_pages(trace)
+            rows = np.flatnonzero(new_pages)
+            pages = self._events(
+                trace.column("mm_page_alloc", "ts_ns")[rows],
+                trace.column("mm_page_alloc", "cpu")[rows],
+                trace.column("mm_page_alloc", "tid")[rows],
+                np.zeros(rows.size, np.int64),
+                new_pages[rows].astype(np.float64),
+            )
+            out["first_touch"] = out["pager_bind"] = pages
+        return out
 
 
 def classify(trace: Trace) -> TraceEvents:
     """Sort the events of ``trace`` into classes and sum them per sub-group."""
-    manifest = trace.manifest
-    has_sched = trace.has("sched_switch") and trace.table("sched_switch").num_rows > 0
-    has_clone_flags = trace.has("task_newtask")
-    column = _Columns(trace)
-    tgid_of = _tgid_map(column) if has_sched or not has_clone_flags else None
-
-    classes: dict[str, ClassEvents] = {}
-    concurrency: _Concurrency | None = None
-    if has_sched:
-        assert tgid_of is not None
-        classes["idle"], classes["mm_switch"], concurrency = _classify_sched(
-            column, tgid_of
-        )
-    if trace.has("syscalls"):
-        syscall_classes = _classify_syscalls(column, tgid_of)
-        for name, class_events in zip(
-            ("syscall", "pt_syscall", "io", "timer"), syscall_classes, strict=True
-        ):
-            classes[name] = class_events
-    if trace.has("page_fault_user"):
-        classes["fault"] = ClassEvents(
-            column("page_fault_user", "ts_ns"),
-            column("page_fault_user", "cpu"),
-            column("page_fault_user", "tid"),
-        )
-    if trace.has("mm_page_alloc"):
-        pages = ClassEvents(
-            column("mm_page_alloc", "ts_ns"),
-            column("mm_page_alloc", "cpu"),
-            column("mm_page_alloc", "tid"),
-            amount=first_touched_pages(column).astype(np.float64),
-        )
-        classes["first_touch"] = pages
-        classes["pager_bind"] = pages
-
-    if concurrency is not None:
-        # Classes cut from one table share its time column and so its weights.
-        weights: dict[int, np.ndarray] = {}
-        for class_events in classes.values():
-            key = id(class_events.ts_ns)
-            if key not in weights:
-                weights[key] = concurrency.weights(class_events.ts_ns)
-            class_events.weight = weights[key]
-
-    nr_events = sum(trace.table(kind).num_rows for kind in KINDS if trace.has(kind))
-    events = TraceEvents(
-        name=manifest.workload.name,
-        start_ts_ns=manifest.start_ts_ns,
-        end_ts_ns=manifest.end_ts_ns,
-        nr_events=nr_events,
-        classes=classes,
-        concurrency="sched_switch" if concurrency is not None else "serial",
-        mean_busy_cpus=(
-            concurrency.mean(manifest.start_ts_ns, manifest.end_ts_ns)
-            if concurrency is not None
-            else 1.0
-        ),
-        operations=manifest.workload.operations,
-        operation_unit=manifest.workload.operation_unit,
-    )
-    events.summarise()
-    if concurrency is None and trace.has("syscalls"):
+    events = _Classifier(trace).summarise()
+    if events.concurrency == "serial" and trace.has("syscalls"):
         log.info(
             "%s: no sched_switch events, so overheads are summed as if the "
             "workload ran on one CPU",

@@ -13,8 +13,8 @@ from paracell.models.latency.events import TraceEvents, classify
 from paracell.models.latency.paths import CLASSES, RUNTIMES, SUBGROUPS, path_costs
 from paracell.trace.store import Trace
 
-# Published reductions of ParaCell's latency against each baseline, in percent
-# ("up to" values over the paper's workloads), from PC26.
+# Published reductions of ParaCell's latency against each baseline, in percent,
+# from PC26. They are "up to" values, the best case over its evaluated workloads.
 CLAIMS: dict[tuple[str, str], float] = {
     ("pvm", "bare-metal"): 57.0,
     ("pvm", "nested"): 79.0,
@@ -247,9 +247,9 @@ def evaluate(
 
     :param trace: a loaded trace, or the result of :func:`classify` to reuse one.
     :param costs: the cost table (default: :func:`paracell.costs.default_costs`).
-    :param first_touch_pages: secondary faults of RunV and PVM, for example from
-        the memory model's ``static`` policy on a modelled guest; by default the
-        distinct page frames the trace allocates.
+    :param first_touch_pages: secondary faults of RunV and PVM. The default is
+        the number of distinct page frames the trace allocates; the memory
+        model's ``static`` policy gives the count for a modelled guest.
     :param pager_bound_pages: pages ParaCell's Pager binds (default: the first
         touches).
     :raises ModelError: for an unknown runtime or deployment.
@@ -311,10 +311,12 @@ def _explain(pc: RuntimeResult, base: RuntimeResult, model: float, claim: float)
                 f"so even a runtime without overhead would be at most {ceiling:.1f} % "
                 "faster; the published figure is a best case over other workloads"
             )
-        kept = 100.0 * pc.overhead_ns / base.overhead_ns if base.overhead_ns else 0.0
+        kept_percent = (
+            100.0 * pc.overhead_ns / base.overhead_ns if base.overhead_ns else 0.0
+        )
         top = max(pc.by_class.items(), key=lambda kv: kv[1].overhead_ns)
         return (
-            f"ParaCell keeps {kept:.0f} % of {name}'s overhead, most of it in "
+            f"ParaCell keeps {kept_percent:.0f} % of {name}'s overhead, most of it in "
             f"{top[0]} ({top[1].overhead_ns / 1e6:.2f} ms), which the model charges "
             "ParaCell much as it charges " + name
         )

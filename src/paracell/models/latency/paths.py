@@ -1,6 +1,6 @@
 """The path each runtime takes for each class of event, as named steps.
 
-A path is a tuple of :class:`Step`; each step costs one cost parameter,
+A path is a tuple of :class:`Step`. Each step costs one cost parameter,
 optionally scaled by ratio or count parameters and divided by a batch size.
 The overhead of an event is the sum of its path's steps. An empty path means
 the runtime adds nothing to the native cost of that event.
@@ -80,7 +80,7 @@ MULTIPLIERS: dict[tuple[str, str], str] = {
 class Step:
     """One step of a path: ``param`` x product of ``scale`` params / ``per`` param."""
 
-    what: str
+    action: str
     param: str
     scale: tuple[str, ...] = ()
     per: str | None = None
@@ -93,7 +93,7 @@ _SHADOW = "paracell.shadow_share"
 
 def _shadowed(steps: Path) -> Path:
     """Return PVM's shadow page-table steps scaled by ParaCell's share of them."""
-    return tuple(Step(s.what, s.param, (*s.scale, _SHADOW), s.per) for s in steps)
+    return tuple(Step(s.action, s.param, (*s.scale, _SHADOW), s.per) for s in steps)
 
 
 _PVM_PT: dict[str, Path] = {

@@ -1,4 +1,4 @@
-"""How the conclusions move when each estimated parameter spans its range.
+"""Sensitivity of the model's conclusions to each estimated parameter.
 
 Each estimate used by a latency path is set to its low and then its high
 bound, one at a time with every other parameter at its value in the table.

@@ -1,9 +1,9 @@
 """A modelled timeline: native time cut at every event that adds overhead.
 
 The timeline is one modelled clock, not one track per CPU. It starts at the
-trace's ``start_ts_ns``; native time runs as in the trace, and at each event
-with overhead the clock stops for the event's share of the stretch (its
-overhead divided by the number of busy CPUs, as in the totals). Slice
+trace's ``start_ts_ns``, and native time runs as in the trace. At each event
+with overhead the clock stops for the event's share of the stretch, which is
+its overhead divided by the number of busy CPUs, as in the totals. Slice
 durations are whole nanoseconds and sum to the report's ``total_ns``.
 """
 
@@ -53,23 +53,23 @@ def _event_overheads(
     """Return (ts_ns, overhead_ns, class_id, cpu, tid) of every event with overhead."""
     per_event = path_costs(costs, runtime, deployment)
     parts = []
+    by_class = events.class_events()
     for cls in CLASSES:
-        class_events = events.classes.get(cls)
-        if class_events is None or class_events.ts_ns.size == 0:
+        class_events = by_class.get(cls)
+        if class_events is None or len(class_events) == 0:
             continue
         table = np.array([per_event[cls][s] for s in SUBGROUPS[cls]])
         if not table.any():
             continue
-        ts, cpu, tid, sub, amount, weight = class_events.select()
-        cost = table[sub] * amount * weight
+        cost = table[class_events.sub] * class_events.amount * class_events.weight
         keep = cost > 0
         parts.append(
             (
-                ts[keep].astype(np.int64),
+                class_events.ts_ns[keep].astype(np.int64),
                 cost[keep],
                 np.full(int(keep.sum()), SLICE_CLASSES.index(cls), dtype=np.int16),
-                cpu[keep].astype(np.int32),
-                tid[keep].astype(np.int32),
+                class_events.cpu[keep].astype(np.int32),
+                class_events.tid[keep].astype(np.int32),
             )
         )
     if not parts:
@@ -93,8 +93,8 @@ def _whole_ns(cost: np.ndarray, target_ns: int) -> np.ndarray:
     """Round per-event costs to whole ns whose sum is exactly ``target_ns``.
 
     Rounding the running sum instead of each cost keeps sub-nanosecond
-    overheads from vanishing; the last few tenths of a ns of float error are
-    absorbed by the largest slice.
+    overheads from vanishing. The largest slice absorbs the last fraction of
+    a ns of float error.
     """
     if cost.size == 0:
         return cost.astype(np.int64)
