@@ -29,7 +29,7 @@ SCENARIO_COSTS = {
 
 
 def costs_with(overrides: dict[str, float] | None = None) -> CostTable:
-    """Return the default cost table with ``overrides`` (name -> value in canonical unit)."""
+    """Return the default costs with ``overrides`` (name to value, canonical unit)."""
     table = default_costs()
     values = {(name, "any"): value for name, value in (overrides or {}).items()}
     return table.replace_values(values) if values else table
@@ -41,8 +41,9 @@ def write(builder: TraceBuilder, tmp_path: Path, end_s: float):
     return load_trace(path)
 
 
-def run(trace, placement: str | None = None, overrides: dict | None = None,
-        policies=None) -> MemoryReport:
+def run(
+    trace, placement: str | None = None, overrides: dict | None = None, policies=None
+) -> MemoryReport:
     costs = costs_with({**SCENARIO_COSTS, **(overrides or {})})
     kwargs = {} if policies is None else {"policies": policies}
     return evaluate(trace, costs, placement=placement, **kwargs)

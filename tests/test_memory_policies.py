@@ -10,8 +10,8 @@ the whole trace; the comment above each case derives them.
 from __future__ import annotations
 
 import pytest
-
 from memory_support import S, ns_per_balloon_page, page_seconds, run, write
+
 from paracell.trace.builder import TraceBuilder
 
 # Captured pfns sit in a 4 MiB block of their own, so their offset in the
@@ -30,7 +30,7 @@ def burst_trace(tmp_path):
 
 
 def churn_trace(tmp_path):
-    """The same 8 pages allocated every 10 ms and freed 5 ms later, 100 times from 1 s."""
+    """8 pages allocated every 10 ms and freed 5 ms later, 100 times from 1 s."""
     b = TraceBuilder(name="churn", cpu_count=1)
     for k in range(100):
         t = 1 * S + k * 10_000_000
@@ -154,9 +154,9 @@ def _one_page_left_balloon():
 
 # One page left in frame 0 (trace placement); allocated 512 x 1 + 1 x 8.
 # The 2 MiB policies cannot give the frame back, and fpr and damon see no
-# free frame or idle region. pager: 511 frees pass reserve + batch (320)
-# three times, unbinding 64 pages each time, and the delay unbinds the other
-# 319 at 2.1 s: 512 x 1 + 320 x 0.1 + 1 x 7.9, in 512 + 3 + 1 calls.
+# free frame or idle region. pager: the 511 frees pass reserve + batch (320)
+# three times, and each time 64 pages are unbound. The delay unbinds the
+# other 319 at 2.1 s: 512 x 1 + 320 x 0.1 + 1 x 7.9, in 512 + 3 + 1 calls.
 ONE_PAGE_LEFT = {
     "static": (512 * 9, {"secondary_faults": 512}),
     "thp": (512 * 9, {"faults_2m": 1}),
@@ -177,7 +177,8 @@ def test_frame_with_one_page_left(tmp_path, policy):
 
 def _reuse_balloon():
     # The 3 s tick inflates 256 pages just before the reallocation takes them
-    # back (256 more faults); the 9 s tick inflates 4 x 256 pages delta apart.
+    # back, with 256 more faults. The 9 s tick inflates 4 x 256 pages, delta
+    # apart.
     delta = int(256 * ns_per_balloon_page()) / S
     return 1024 * 8 + (768 + 512 + 256) * delta
 
@@ -185,7 +186,7 @@ def _reuse_balloon():
 # Reuse before the report delay (trace placement); allocated 1024 x 6.
 # fpr: the 2 s free schedules a pass at 4 s, when the block is in use again,
 # so only the 8 s free leads to a report, at 10 s: 1024 x 9. hyperalloc's
-# 5 s period sees the block in use and reclaims it at 10 s. pager: each free
+# 5 s period finds the block in use and reclaims it at 10 s. pager: each free
 # unbinds 768 pages at once (1024 > 320) and 256 after 100 ms:
 # 1024 x 6 + 2 x 256 x 0.1 in 6 calls.
 REUSE = {

@@ -1,15 +1,246 @@
-"""Placeholder for `paracell memory` until its module is written."""
+"""`paracell memory`: replay allocator events through the memory policies."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+from typing import Any
 
+from paracell.cli._common import (
+    add_json_argument,
+    add_profile_argument,
+    add_trace_arguments,
+    load_traces,
+    print_json,
+    progress_bar,
+)
 from paracell.errors import ParacellError
+
+POLICY_NAMES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
+PLACEMENT_NAMES = ("buddy", "llfree", "trace")
+_MIB = float(1 << 20)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    add_trace_arguments(parser)
+    parser.add_argument(
+        "--policy",
+        action="append",
+        choices=POLICY_NAMES,
+        metavar="P",
+        help="policy to model; repeat for several (default: all of "
+        + ", ".join(POLICY_NAMES)
+        + ")",
+    )
+    parser.add_argument(
+        "--placement",
+        choices=PLACEMENT_NAMES,
+        help="guest allocator for every policy (default: llfree for hyperalloc, "
+        "buddy for the others; trace keeps the captured page frames)",
+    )
+    parser.add_argument(
+        "--guest-ram",
+        metavar="SIZE",
+        help="RAM of the modelled guest, e.g. 4GiB or 512MiB "
+        "(default: memory.guest_ram, 4 GiB)",
+    )
+    parser.add_argument(
+        "--vcpus",
+        type=int,
+        metavar="N",
+        help="guest vCPUs; trace CPU c runs on vCPU c mod N "
+        "(default: the trace's CPU count)",
+    )
+    add_profile_argument(parser)
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw footprint over time for every policy; with several traces "
+        "the trace name is added to the file name",
+    )
+    parser.add_argument(
+        "--pager-sweep",
+        action="store_true",
+        help="also sweep the Pager's unbind batch, delay and reserve and show "
+        "waste against hypercalls",
+    )
+    parser.add_argument(
+        "--sweep-plot",
+        type=Path,
+        metavar="FILE.png",
+        help="draw the Pager sweep (implies --pager-sweep)",
+    )
+    add_json_argument(parser)
+
+
+def _parse_size(text: str) -> int:
+    from paracell.costs.units import convert, parse_quantity
+
+    try:
+        value, unit = parse_quantity(text)
+        return int(convert(value, unit or "B", "bytes"))
+    except ValueError as exc:
+        raise ParacellError(
+            f"--guest-ram {text!r} is not a size: {exc}",
+            hint="write e.g. 4GiB or 512MiB",
+        ) from None
+
+
+def _plot_path(base: Path, trace_name: str, several: bool) -> Path:
+    if not several:
+        return base
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in trace_name)
+    return base.with_name(f"{base.stem}-{safe}{base.suffix or '.png'}")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ParacellError("this subcommand is not built yet")
+    from paracell.costs import load_costs
+    from paracell.models.memory import ALL, AllocatorEvents, evaluate
+
+    costs = load_costs(args.profile)
+    policies = args.policy or list(ALL)
+    guest_ram = _parse_size(args.guest_ram) if args.guest_ram else None
+    if args.vcpus is not None and args.vcpus < 1:
+        raise ParacellError(f"--vcpus {args.vcpus} is invalid; give 1 or more")
+    sweep = args.pager_sweep or args.sweep_plot is not None
+    traces = load_traces(args.traces)
+    quiet = getattr(args, "quiet", False)
+    document: dict[str, Any] = {}
+    for trace in progress_bar(traces, len(traces), "memory model", quiet):
+        events = AllocatorEvents.from_trace(trace)
+        report = evaluate(
+            events,
+            costs,
+            policies=policies,
+            placement=args.placement,
+            guest_ram_bytes=guest_ram,
+            vcpus=args.vcpus,
+        )
+        entry: dict[str, Any] = report.to_dict()
+        if args.plot:
+            from paracell.models.memory.plot import plot_footprints
+
+            path = plot_footprints(
+                report, _plot_path(args.plot, trace.name, len(traces) > 1)
+            )
+            entry["plot"] = str(path)
+        points = None
+        if sweep:
+            from paracell.models.memory.sweep import pager_sweep
+
+            points = pager_sweep(
+                events, costs, placement=args.placement, guest_ram_bytes=guest_ram
+            )
+            entry["pager_sweep"] = [p.to_dict() for p in points]
+            if args.sweep_plot:
+                from paracell.models.memory.plot import plot_sweep
+
+                path = plot_sweep(
+                    points,
+                    trace.name,
+                    _plot_path(args.sweep_plot, trace.name, len(traces) > 1),
+                )
+                entry["sweep_plot"] = str(path)
+        document[trace.name] = entry
+        if not args.json:
+            _print_report(report, entry, points)
+    if args.json:
+        print_json({"modelled": True, "traces": document})
+    return 0
+
+
+def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Piped output gets a fixed width wide enough for the tables.
+    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 132)
+    info = entry["trace"]
+    console.print(
+        f"[bold]{report.trace_name}[/bold]: {info['duration_ns'] / 1e9:.1f} s, "
+        f"{info['allocations']} allocations, {info['frees']} frees "
+        f"(modelled, not measured)"
+    )
+    table = Table(show_edge=False, header_style="bold")
+    for column in (
+        "policy",
+        "placement",
+        "mean MiB",
+        "peak MiB",
+        "GiB x s",
+        "waste %",
+        "faults",
+        "hypercalls",
+        "pages bound",
+        "pages unbound",
+        "overhead ms",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("policy", "placement") else "right"
+        )
+    for name, run in report.runs.items():
+        m = run.metrics
+        table.add_row(
+            name,
+            m["placement"],
+            f"{m['mean_footprint_bytes'] / _MIB:.1f}",
+            f"{m['peak_footprint_bytes'] / _MIB:.1f}",
+            f"{m['gib_seconds']:.2f}",
+            f"{m['waste_fraction'] * 100:.2f}",
+            f"{m['secondary_faults']}",
+            f"{m['hypercalls']}",
+            f"{m['pages_bound']}",
+            f"{m['pages_unbound']}",
+            f"{m['overhead_ns'] / 1e6:.1f}",
+        )
+    console.print(table)
+    first = next(iter(report.runs.values())).metrics
+    console.print(
+        f"guest {first['guest_bytes'] / _MIB:.0f} MiB, {first['vcpus']} vCPUs; "
+        f"mean allocated {first['mean_allocated_bytes'] / _MIB:.1f} MiB; "
+        f"{first['ignored_free_pages']} freed pages were not allocated in the trace "
+        "and were ignored"
+    )
+    savings = entry["savings"]
+    if len(savings) > 1:
+        matrix = Table(
+            title="savings: row policy's mean footprint against column policy's",
+            show_edge=False,
+            header_style="bold",
+        )
+        matrix.add_column("")
+        for name in savings:
+            matrix.add_column(name, justify="right")
+        for name, row in savings.items():
+            matrix.add_row(name, *(f"{row[other] * 100:+.1f}%" for other in savings))
+        console.print(matrix)
+    if points:
+        sweep = Table(
+            title="Pager sweep (sorted by hypercalls; * marks the default)",
+            show_edge=False,
+            header_style="bold",
+        )
+        for column in (
+            "unbind batch",
+            "delay ms",
+            "reserve",
+            "mean MiB",
+            "waste %",
+            "hypercalls",
+            "overhead ms",
+        ):
+            sweep.add_column(column, justify="right")
+        for p in sorted(points, key=lambda p: (p.hypercalls, p.waste_fraction)):
+            sweep.add_row(
+                f"{p.unbind_batch}{' *' if p.is_default else ''}",
+                f"{p.unbind_delay_ns / 1e6:g}",
+                f"{p.reserve}",
+                f"{p.mean_footprint_bytes / _MIB:.1f}",
+                f"{p.waste_fraction * 100:.3f}",
+                f"{p.hypercalls}",
+                f"{p.overhead_ns / 1e6:.1f}",
+            )
+        console.print(sweep)
+    console.print()

@@ -348,8 +348,7 @@ _PAGER: list[Param] = [
         100.0 * _MS,
         "ns",
         "estimate",
-        "longest time a freed page stays bound before it is unbound, reserve "
-        "included",
+        "longest time a freed page stays bound before it is unbound, reserve included",
         low=0.0,
         high=2.0 * _S,
         reasoning="agent bursts free and reallocate within tens of ms; 100 ms "
@@ -361,8 +360,7 @@ _PAGER: list[Param] = [
         256.0,
         "pages",
         "estimate",
-        "most recently freed pages kept bound when a batch is unbound, to "
-        "absorb reuse",
+        "most recently freed pages kept bound when a batch is unbound, to absorb reuse",
         low=0.0,
         high=4096.0,
         reasoning="about one pcp batch (63 pages) per vCPU of a 4-vCPU guest; "

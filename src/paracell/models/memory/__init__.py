@@ -1,4 +1,4 @@
-"""Memory model: page-allocator events replayed through guest allocators and host policies.
+"""Memory model: allocator events replayed through guest allocators and host policies.
 
 >>> from paracell.costs import default_costs
 >>> from paracell.models.memory import evaluate
@@ -62,8 +62,13 @@ class MemoryReport:
     events: AllocatorEvents
 
     def savings(self) -> dict[str, dict[str, float]]:
-        """Return ``s[a][b]``: the fraction of b's mean footprint that a saves (negative: uses more)."""
-        means = {p: float(r.metrics["mean_footprint_bytes"]) for p, r in self.runs.items()}
+        """Return ``s[a][b]``, the fraction of b's mean footprint that a saves.
+
+        A negative value means that a uses more memory than b.
+        """
+        means = {
+            p: float(r.metrics["mean_footprint_bytes"]) for p, r in self.runs.items()
+        }
         table: dict[str, dict[str, float]] = {}
         for a, mean_a in means.items():
             table[a] = {}
@@ -108,7 +113,11 @@ def evaluate(
     Raises ModelError for an unknown policy or placement, a trace without
     allocator events, or a guest too small for the trace.
     """
-    events = trace if isinstance(trace, AllocatorEvents) else AllocatorEvents.from_trace(trace)
+    events = (
+        trace
+        if isinstance(trace, AllocatorEvents)
+        else AllocatorEvents.from_trace(trace)
+    )
     names = list(policies)
     for name in names:
         if name not in POLICIES:
@@ -119,7 +128,9 @@ def evaluate(
         raise ModelError(
             f"unknown placement {placement!r}; choose one of {', '.join(PLACEMENTS)}"
         )
-    config = ReplayConfig.from_costs(costs, guest_ram_bytes=guest_ram_bytes, vcpus=vcpus)
+    config = ReplayConfig.from_costs(
+        costs, guest_ram_bytes=guest_ram_bytes, vcpus=vcpus
+    )
     cost_model = CostModel.from_costs(costs)
     runs: dict[str, PolicyRun] = {}
     for name in names:
@@ -127,7 +138,9 @@ def evaluate(
         runs[name] = run.compute(cost_model)
         log.info(
             "%s on %s: %d operations, mean footprint %.1f MiB",
-            name, run.placement, len(run.ops),
+            name,
+            run.placement,
+            len(run.ops),
             float(run.metrics["mean_footprint_bytes"]) / 2**20,
         )
     return MemoryReport(

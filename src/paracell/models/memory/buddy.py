@@ -2,8 +2,8 @@
 
 It follows mm/page_alloc.c of Linux 6.x (LNX) where that decides placement:
 
-- free lists per order; an allocation takes the first block of the smallest
-  order that fits and splits it, putting the upper halves at the head of the
+- free lists per order. An allocation takes the first block of the smallest
+  order that fits and splits it, and the upper halves go to the heads of the
   lower lists (``expand()``);
 - a free merges with its buddy while the buddy is a free block of the same
   order, then goes to the head of its list, or to the tail when the buddy of
@@ -22,7 +22,7 @@ modelled: the guest is one zone of movable memory.
 
 from __future__ import annotations
 
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.state import (
     HUGE_ORDER,
     HUGE_PAGES,
@@ -42,7 +42,7 @@ from paracell.models.memory.state import (
 )
 
 
-@njit
+@njit_inline
 def frames_adjust(g, pfn, nr_pages, delta_sign):
     """Add ``delta_sign`` x the pages of ``[pfn, pfn + nr_pages)`` to frame_free."""
     if nr_pages >= HUGE_PAGES:
@@ -53,7 +53,7 @@ def frames_adjust(g, pfn, nr_pages, delta_sign):
         g.frame_free[pfn >> HUGE_ORDER] += delta_sign * nr_pages
 
 
-@njit
+@njit_inline
 def fl_add(g, pfn, order, tail, reported):
     """Put the free block at ``pfn`` on the list of ``order``."""
     g.border[pfn] = order
@@ -81,7 +81,7 @@ def fl_add(g, pfn, order, tail, reported):
     frames_adjust(g, pfn, 1 << order, 1)
 
 
-@njit
+@njit_inline
 def fl_del(g, pfn, order):
     """Take the free block at ``pfn`` off its list; it is no longer a buddy block."""
     before = g.prv[pfn]
@@ -114,7 +114,9 @@ def buddy_init(g, first_free):
     pfn = first_free
     while pfn < nr_pages:
         order = MAX_ORDER
-        while order > 0 and ((pfn & ((1 << order) - 1)) != 0 or pfn + (1 << order) > nr_pages):
+        while order > 0 and (
+            (pfn & ((1 << order) - 1)) != 0 or pfn + (1 << order) > nr_pages
+        ):
             order -= 1
         fl_add(g, pfn, order, True, 1)
         pfn += 1 << order
@@ -122,7 +124,7 @@ def buddy_init(g, first_free):
 
 @njit
 def rmqueue_smallest(g, order):
-    """Take a block of ``order`` from the free lists, splitting a larger one; -1 if none."""
+    """Take a block of ``order`` off the free lists; -1 if none."""
     current = order
     while current <= MAX_ORDER:
         pfn = g.fl_head[current]
@@ -136,14 +138,14 @@ def rmqueue_smallest(g, order):
     return -1
 
 
-@njit
+@njit_inline
 def _is_free_block(g, pfn, order):
     return 0 <= pfn < g.meta[M_NPAGES] and g.border[pfn] == order
 
 
 @njit
 def free_one(g, pfn, order, to_tail):
-    """Return a block to the free lists, merging with free buddies; return the final order."""
+    """Put a block on the free lists, merging free buddies; return the final order."""
     while order < MAX_ORDER:
         buddy = pfn ^ (1 << order)
         if not _is_free_block(g, buddy, order):
@@ -163,7 +165,7 @@ def free_one(g, pfn, order, to_tail):
     return order
 
 
-@njit
+@njit_inline
 def pcp_index(order):
     """Return the per-CPU list index of ``order``, or -1 if it bypasses the lists."""
     if order <= 3:
@@ -173,12 +175,12 @@ def pcp_index(order):
     return -1
 
 
-@njit
+@njit_inline
 def pcp_order(index):
     return HUGE_ORDER if index == PCP_HUGE_INDEX else index
 
 
-@njit
+@njit_inline
 def sev_push(g, kind, pfn, order):
     n = g.meta[M_SEV_N]
     g.sev_kind[n] = kind
@@ -187,7 +189,7 @@ def sev_push(g, kind, pfn, order):
     g.meta[M_SEV_N] = n + 1
 
 
-@njit
+@njit_inline
 def _pcp_push_head(g, cpu, index, pfn):
     cap = g.meta[M_PCP_CAP]
     start = (g.pcp_start[cpu, index] - 1) % cap
@@ -196,7 +198,7 @@ def _pcp_push_head(g, cpu, index, pfn):
     g.pcp_len[cpu, index] += 1
 
 
-@njit
+@njit_inline
 def _pcp_push_tail(g, cpu, index, pfn):
     cap = g.meta[M_PCP_CAP]
     slot = (g.pcp_start[cpu, index] + g.pcp_len[cpu, index]) % cap
@@ -204,7 +206,7 @@ def _pcp_push_tail(g, cpu, index, pfn):
     g.pcp_len[cpu, index] += 1
 
 
-@njit
+@njit_inline
 def _pcp_pop_head(g, cpu, index):
     cap = g.meta[M_PCP_CAP]
     start = g.pcp_start[cpu, index]
@@ -214,7 +216,7 @@ def _pcp_pop_head(g, cpu, index):
     return pfn
 
 
-@njit
+@njit_inline
 def _pcp_pop_tail(g, cpu, index):
     cap = g.meta[M_PCP_CAP]
     g.pcp_len[cpu, index] -= 1
@@ -224,7 +226,7 @@ def _pcp_pop_tail(g, cpu, index):
 
 @njit
 def rmqueue_pcplist(g, cpu, order):
-    """Allocate from the CPU's list of ``order``, refilling it from the free lists if empty."""
+    """Allocate from the CPU's list of ``order``, refilling an empty list first."""
     index = pcp_index(order)
     if g.pcp_len[cpu, index] == 0:
         count = max(g.meta[M_BATCH] >> order, 2)
@@ -243,7 +245,7 @@ def rmqueue_pcplist(g, cpu, order):
 
 @njit
 def free_pcppages_bulk(g, cpu, nr_pages):
-    """Move at least ``nr_pages`` pages, oldest first, from the CPU's lists to the buddy."""
+    """Move ``nr_pages`` or more pages, oldest first, off the CPU's lists."""
     freed = 0
     empty_rounds = 0
     index = g.pcp_rr[cpu]
@@ -269,9 +271,19 @@ def drain_all(g):
         free_pcppages_bulk(g, cpu, g.pcp_count[cpu])
 
 
-@njit
+@njit_inline
 def buddy_alloc(g, cpu, order):
     """Allocate a block of ``order`` for ``cpu``; -1 if the guest has none left."""
+    index = pcp_index(order)
+    if index >= 0 and g.pcp_len[cpu, index] > 0:
+        # Fast path, inlined into the replay: the per-CPU list has a block.
+        g.pcp_count[cpu] -= 1 << order
+        return _pcp_pop_head(g, cpu, index)
+    return _buddy_alloc_slow(g, cpu, order)
+
+
+@njit
+def _buddy_alloc_slow(g, cpu, order):
     for attempt in range(2):
         if pcp_index(order) >= 0:
             pfn = rmqueue_pcplist(g, cpu, order)
@@ -285,7 +297,7 @@ def buddy_alloc(g, cpu, order):
     return -1
 
 
-@njit
+@njit_inline
 def buddy_free(g, cpu, pfn, order):
     """Free a block: to the CPU's list for cached orders, else straight to the buddy."""
     index = pcp_index(order)
@@ -300,7 +312,7 @@ def buddy_free(g, cpu, pfn, order):
 
 @njit
 def buddy_peek(g, cpu, order, out, max_pages):
-    """Write the pfns the CPU's list will hand out next for ``order``; return their count.
+    """Write the pfns the CPU's list hands out next for ``order``; return their count.
 
     Only whole blocks are listed, so the count is a multiple of ``2**order``.
     """

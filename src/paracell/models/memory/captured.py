@@ -2,14 +2,13 @@
 
 The captured pfns are compacted (see ``events.py``) but keep their offsets
 inside each 4 MiB block, so 2 MiB frames and buddy alignment survive. The
-allocator here only records which pages are in use; it never chooses, except
-for pages the balloon driver takes, which come from the top of the space
-downwards.
+allocator here only records which pages are in use. It chooses pages only
+for the balloon driver, taking them from the top of the space downwards.
 """
 
 from __future__ import annotations
 
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.state import (
     HUGE_ORDER,
     HUGE_PAGES,
@@ -37,7 +36,7 @@ def cap_init(g, first_free):
         g.meta[M_FREE_PAGES] += free
 
 
-@njit
+@njit_inline
 def cap_take(g, pfn, nr_pages):
     """Mark the free pages of ``[pfn, pfn + nr_pages)`` in use."""
     for p in range(pfn, pfn + nr_pages):
@@ -47,7 +46,7 @@ def cap_take(g, pfn, nr_pages):
             g.meta[M_FREE_PAGES] -= 1
 
 
-@njit
+@njit_inline
 def cap_release(g, pfn, nr_pages):
     """Mark the pages of ``[pfn, pfn + nr_pages)`` free."""
     for p in range(pfn, pfn + nr_pages):
@@ -62,7 +61,7 @@ def cap_release(g, pfn, nr_pages):
 
 @njit
 def cap_take_any(g):
-    """Take one free page for the balloon, scanning down from the last one taken; -1 if none."""
+    """Take a free page for the balloon, scanning down from the last one; -1 if none."""
     nr_pages = g.meta[M_NPAGES]
     cursor = g.meta[M_CURSOR]
     for _ in range(nr_pages):

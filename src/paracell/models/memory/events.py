@@ -86,7 +86,9 @@ class AllocatorEvents:
         )
         free_ts, free_pfn, free_order, free_cpu, nr_batched = select_free_events(trace)
         if trace.has("mm_page_alloc_zone_locked"):
-            refill_mask = trace.column("mm_page_alloc_zone_locked", "percpu_refill") == 1
+            refill_mask = (
+                trace.column("mm_page_alloc_zone_locked", "percpu_refill") == 1
+            )
             refill = tuple(
                 trace.column("mm_page_alloc_zone_locked", c)[refill_mask]
                 for c in ("ts_ns", "pfn", "order", "cpu")
@@ -125,9 +127,7 @@ class AllocatorEvents:
         raw_pfn = np.concatenate([np.asarray(p[1], dtype=np.int64) for p, _ in parts])
         order = np.concatenate([np.asarray(p[2], dtype=np.int8) for p, _ in parts])
         cpu = np.concatenate([np.asarray(p[3], dtype=np.int32) for p, _ in parts])
-        kind = np.concatenate(
-            [np.full(len(p[0]), k, dtype=np.int8) for p, k in parts]
-        )
+        kind = np.concatenate([np.full(len(p[0]), k, dtype=np.int8) for p, k in parts])
         pfn, nr_captured = _compact_pfns(raw_pfn, order, kind)
         # Sort by time; among equal times frees go first, then refills, then
         # allocations, so a page freed and reallocated at once is reused.
@@ -158,7 +158,7 @@ class AllocatorEvents:
 def select_free_events(
     trace: Trace,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Return the free events ``(ts_ns, pfn, order, cpu)`` and the count of batch markers.
+    """Return the free events ``(ts_ns, pfn, order, cpu)`` and the batch-marker count.
 
     ``mm_page_free`` is the free event. On Linux 6.x every path that frees a
     page runs free_pages_prepare(), which emits ``mm_page_free``; a batched

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.buddy import buddy_alloc, buddy_free, buddy_init, buddy_peek
-from paracell.models.memory.captured import cap_init, cap_release, cap_take, cap_take_any
+from paracell.models.memory.captured import (
+    cap_init,
+    cap_release,
+    cap_take,
+    cap_take_any,
+)
 from paracell.models.memory.llfree import llf_get, llf_init, llf_peek, llf_put
 from paracell.models.memory.state import (
     BUDDY,
@@ -27,18 +32,18 @@ def guest_init(g, first_free):
         cap_init(g, first_free)
 
 
-@njit
+@njit_inline
 def reset_side_events(g):
     g.meta[M_SEV_N] = 0
     g.meta[M_MERGED_MAX] = -1
 
 
-@njit
+@njit_inline
 def guest_alloc(g, cpu, order):
     """Let the placement's allocator choose a block of ``order``; -1 if none fits.
 
-    The captured placement has no choice to make and takes any free page
-    (order 0 only), which only the balloon driver asks for.
+    The captured placement has no choice to make. It takes any free page
+    (order 0 only), which only the balloon driver requests.
     """
     reset_side_events(g)
     kind = g.meta[M_KIND]
@@ -49,16 +54,16 @@ def guest_alloc(g, cpu, order):
     return cap_take_any(g)
 
 
-@njit
+@njit_inline
 def guest_take(g, pfn, nr_pages):
     """Mark ``[pfn, pfn + nr_pages)`` allocated on the captured placement."""
     reset_side_events(g)
     cap_take(g, pfn, nr_pages)
 
 
-@njit
+@njit_inline
 def guest_free(g, cpu, pfn, order):
-    """Free a block; side events and the highest merged order describe this call only."""
+    """Free a block; the side events and merged order then describe this call only."""
     reset_side_events(g)
     kind = g.meta[M_KIND]
     if kind == BUDDY:
@@ -69,7 +74,7 @@ def guest_free(g, cpu, pfn, order):
         cap_release(g, pfn, 1 << order)
 
 
-@njit
+@njit_inline
 def guest_peek(g, cpu, order, after_pfn, out, max_pages):
     """Write the pages the allocator will hand ``cpu`` next; return their count.
 

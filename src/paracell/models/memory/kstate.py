@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit, sort_prefix
+from paracell.models.memory._jit import njit, njit_inline, sort_prefix
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES
 
 # Page owners.
@@ -143,7 +143,7 @@ def new_op_buffer(capacity: int) -> OpBuffer:
     )
 
 
-@njit
+@njit_inline
 def emit(s, out, ts, op, pfn, nr_pages, arg):
     """Append one operation; on a full buffer set the overflow flag instead."""
     i = s.meta[K_OPS_N]
@@ -158,7 +158,7 @@ def emit(s, out, ts, op, pfn, nr_pages, arg):
     s.meta[K_OPS_N] = i + 1
 
 
-@njit
+@njit_inline
 def bind_page(s, p):
     """Mark page ``p`` bound; return 1 if it was not."""
     if s.bound[p] != 0:
@@ -168,7 +168,7 @@ def bind_page(s, p):
     return 1
 
 
-@njit
+@njit_inline
 def unbind_page(s, p):
     """Mark page ``p`` unbound; return 1 if it was bound."""
     if s.bound[p] == 0:
@@ -178,7 +178,7 @@ def unbind_page(s, p):
     return 1
 
 
-@njit
+@njit_inline
 def set_owner(s, p, owner):
     old = s.owner[p]
     if old == owner:
@@ -193,7 +193,7 @@ def set_owner(s, p, owner):
 
 @njit
 def emit_runs(s, out, ts, op, pages, count):
-    """Sort ``pages[:count]`` and emit ``op`` once per contiguous run; return the run count."""
+    """Sort ``pages[:count]``, emit ``op`` once per contiguous run; return the runs."""
     if count == 0:
         return 0
     sort_prefix(pages, count)
@@ -215,7 +215,7 @@ def emit_runs(s, out, ts, op, pages, count):
 
 @njit
 def emit_frame_runs(s, out, ts, op, frames, count):
-    """Emit ``op`` once per run of consecutive 2 MiB frames in ``frames[:count]`` (sorted)."""
+    """Emit ``op`` once per run of adjacent frames in sorted ``frames[:count]``."""
     if count == 0:
         return
     start = frames[0]
@@ -232,7 +232,7 @@ def emit_frame_runs(s, out, ts, op, frames, count):
 
 @njit
 def call_bind(s, out, ts, pages, count):
-    """Bind the unbound pages among ``pages[:count]`` in one hypercall; return pages bound."""
+    """Bind the unbound pages of ``pages[:count]`` in one call; return their count."""
     n = 0
     for i in range(count):
         p = pages[i]
@@ -269,12 +269,12 @@ def call_unbind(s, out, ts, pages, count):
 # FIFO of page runs the Pager may unbind later (kind FIFO_FREED or FIFO_AHEAD).
 
 
-@njit
+@njit_inline
 def fifo_len(s, kind):
     return s.meta[K_FIFO_TAIL + kind] - s.meta[K_FIFO_HEAD + kind]
 
 
-@njit
+@njit_inline
 def fifo_push(s, kind, pfn, nr_pages, ts):
     """Append a run; return False when the FIFO is full."""
     cap = s.fifo_pfn.shape[1]
@@ -288,25 +288,34 @@ def fifo_push(s, kind, pfn, nr_pages, ts):
     return True
 
 
-@njit
-def _run_live(s, kind, slot):
-    """Return True if a page of the run in ``slot`` is still queued by this run."""
+@njit_inline
+def _trim_run(s, kind, slot):
+    """Drop dead pages from the front of the run in ``slot``; True if one is live.
+
+    A page is live for this run while it is queued and was queued at the
+    run's time. Trimming keeps the check amortised O(1) per event.
+    """
     want = kind + 1
     ts = s.fifo_ts[kind, slot]
     start = s.fifo_pfn[kind, slot]
-    for p in range(start, start + s.fifo_n[kind, slot]):
+    end = start + s.fifo_n[kind, slot]
+    p = start
+    while p < end:
         if s.pending[p] == want and s.pending_ts[p] == ts:
-            return True
-    return False
+            break
+        p += 1
+    s.fifo_pfn[kind, slot] = p
+    s.fifo_n[kind, slot] = end - p
+    return p < end
 
 
-@njit
+@njit_inline
 def fifo_head_ts(s, kind):
-    """Return the queue time of the oldest live run, dropping dead runs; NEVER if none."""
+    """Return the time of the oldest live run, dropping dead runs; NEVER if none."""
     cap = s.fifo_pfn.shape[1]
     while fifo_len(s, kind) > 0:
         slot = s.meta[K_FIFO_HEAD + kind] % cap
-        if _run_live(s, kind, slot):
+        if _trim_run(s, kind, slot):
             return s.fifo_ts[kind, slot]
         s.meta[K_FIFO_HEAD + kind] += 1
     return NEVER

@@ -1,4 +1,4 @@
-"""An LLFree-style allocator (LLF23), the guest allocator HyperAlloc shares with its host (HA25).
+"""An LLFree-style allocator (LLF23), which HyperAlloc shares with its host (HA25).
 
 Memory is cut into trees of ``tree_frames`` 2 MiB frames. Each CPU reserves
 one tree and allocates inside it:
@@ -44,7 +44,7 @@ _ROW = 64  # pages per bitfield row
 
 @njit
 def llf_init(g, first_free):
-    """Mark ``[0, first_free)`` allocated and everything else free; fill the counters."""
+    """Mark ``[0, first_free)`` allocated and the rest free; fill the counters."""
     nr_pages = g.meta[M_NPAGES]
     for p in range(first_free):
         g.used[p] = 1
@@ -108,7 +108,7 @@ def _huge_fits(g, frame, count, nr_frames, evicted_ok):
 
 @njit
 def lower_get(g, tree, start_pfn, order):
-    """Allocate ``order`` inside ``tree``, searching from ``start_pfn``; return the pfn or -1."""
+    """Allocate ``order`` in ``tree``, searching from ``start_pfn``; the pfn or -1."""
     tree_frames = g.meta[M_TREE_FRAMES]
     nr_frames = g.meta[M_NFRAMES]
     first_frame = tree * tree_frames

@@ -7,6 +7,7 @@ numbers describe exactly what the live replay would execute.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,8 +76,22 @@ def _clear_bound(bound, alloc, p, counters, state):
 
 @njit
 def stream_counters(
-    ts, op, pfn, nr, arg, nr_pages, start_ts, end_ts,
-    tl_ts, tl_bound, tl_alloc, counters, integrals, bound, alloc, state,
+    ts,
+    op,
+    pfn,
+    nr,
+    arg,
+    nr_pages,
+    start_ts,
+    end_ts,
+    tl_ts,
+    tl_bound,
+    tl_alloc,
+    counters,
+    integrals,
+    bound,
+    alloc,
+    state,
 ):
     """Walk the stream once, filling the counters, integrals and timeline arrays.
 
@@ -131,22 +146,30 @@ def stream_counters(
         elif code == opcodes.BIND:
             counters[C_BIND_CALLS] += 1
             for p in range(first, first + count):
-                counters[C_PAGES_BOUND_BIND] += _set_bound(bound, alloc, p, counters, state)
+                counters[C_PAGES_BOUND_BIND] += _set_bound(
+                    bound, alloc, p, counters, state
+                )
         elif code == opcodes.UNBIND:
             counters[C_UNBIND_CALLS] += 1
             for p in range(first, first + count):
-                counters[C_PAGES_UNBOUND_UNBIND] += _clear_bound(bound, alloc, p, counters, state)
+                counters[C_PAGES_UNBOUND_UNBIND] += _clear_bound(
+                    bound, alloc, p, counters, state
+                )
         elif code == opcodes.FAULT_2M or code == opcodes.INSTALL_2M:
             if code == opcodes.FAULT_2M:
                 counters[C_FAULTS_2M] += count // opcodes.HUGE_PAGES
             else:
                 counters[C_INSTALLS] += count // opcodes.HUGE_PAGES
             for p in range(first, min(first + count, nr_pages)):
-                counters[C_PAGES_BOUND_2M] += _set_bound(bound, alloc, p, counters, state)
+                counters[C_PAGES_BOUND_2M] += _set_bound(
+                    bound, alloc, p, counters, state
+                )
         elif code == opcodes.RECLAIM_2M:
             counters[C_RECLAIMS] += count // opcodes.HUGE_PAGES
             for p in range(first, min(first + count, nr_pages)):
-                counters[C_PAGES_UNBOUND_2M] += _clear_bound(bound, alloc, p, counters, state)
+                counters[C_PAGES_UNBOUND_2M] += _clear_bound(
+                    bound, alloc, p, counters, state
+                )
         elif code == opcodes.CALL:
             kind = arg[i]
             if kind == opcodes.CALL_HYPERCALL:
@@ -182,7 +205,10 @@ def stream_counters(
 
 @dataclass(frozen=True)
 class Timeline:
-    """Footprint over time: after the operations at ``ts_ns[i]``, the bound and allocated bytes."""
+    """Footprint over time: bound and allocated bytes after the steps at ``ts_ns[i]``.
+
+    One point per distinct time, plus the trace end.
+    """
 
     ts_ns: np.ndarray
     bound_bytes: np.ndarray
@@ -221,8 +247,11 @@ class CostModel:
 
 def compute_metrics(
     stream: opcodes.OpStream, start_ts_ns: int, end_ts_ns: int, costs: CostModel
-) -> tuple[dict[str, object], Timeline]:
-    """Return the metrics of ``stream`` over ``[start_ts_ns, end_ts_ns]`` and its timeline."""
+) -> tuple[dict[str, Any], Timeline]:
+    """Return the metrics of ``stream`` from ``start_ts_ns`` to ``end_ts_ns``.
+
+    The second value is the footprint timeline.
+    """
     capacity = len(stream) + 2
     tl_ts = np.zeros(capacity, dtype=np.int64)
     tl_bound = np.zeros(capacity, dtype=np.int64)
@@ -230,9 +259,19 @@ def compute_metrics(
     counters = np.zeros(NR_COUNTERS, dtype=np.int64)
     integrals = np.zeros(3, dtype=np.float64)
     stream_counters(
-        stream.ts_ns, stream.op, stream.pfn, stream.nr_pages, stream.arg,
-        stream.nr_guest_pages, start_ts_ns, end_ts_ns, tl_ts, tl_bound, tl_alloc,
-        counters, integrals,
+        stream.ts_ns,
+        stream.op,
+        stream.pfn,
+        stream.nr_pages,
+        stream.arg,
+        stream.nr_guest_pages,
+        start_ts_ns,
+        end_ts_ns,
+        tl_ts,
+        tl_bound,
+        tl_alloc,
+        counters,
+        integrals,
         np.zeros(stream.nr_guest_pages, dtype=np.uint8),
         np.zeros(stream.nr_guest_pages, dtype=np.uint8),
         np.zeros(3, dtype=np.int64),
@@ -259,12 +298,13 @@ def compute_metrics(
         "binds": c[C_PAGES_BOUND_BIND] * costs.populate_per_page_ns,
         "unbinds": c[C_PAGES_UNBOUND_UNBIND] * costs.dontneed_per_page_ns,
         "hypercalls": c[C_HYPERCALLS] * costs.hypercall_ns,
-        "notifications": (c[C_REPORTS] + c[C_INFLATES] + c[C_DEFLATES]) * costs.notify_ns,
+        "notifications": (c[C_REPORTS] + c[C_INFLATES] + c[C_DEFLATES])
+        * costs.notify_ns,
         "installs": c[C_INSTALLS] * costs.install_ns,
         "reclaims": c[C_RECLAIMS] * costs.reclaim_ns,
         "balloon": c[C_INFLATE_PAGES] * costs.balloon_per_page_ns,
     }
-    metrics: dict[str, object] = {
+    metrics: dict[str, Any] = {
         "mean_footprint_bytes": mean_bound * page,
         "peak_footprint_bytes": int(c[C_PEAK_BOUND]) * page,
         "gib_seconds": integrals[I_BOUND] * page / 2**30 / 1e9,
@@ -275,8 +315,13 @@ def compute_metrics(
         "final_footprint_bytes": int(c[C_FINAL_BOUND]) * page,
         "secondary_faults": int(c[C_FAULTS]),
         "faults_2m": int(c[C_FAULTS_2M]),
-        "hypercalls": int(c[C_HYPERCALLS] + c[C_REPORTS] + c[C_INFLATES] + c[C_DEFLATES]
-                          + c[C_INSTALLS]),
+        "hypercalls": int(
+            c[C_HYPERCALLS]
+            + c[C_REPORTS]
+            + c[C_INFLATES]
+            + c[C_DEFLATES]
+            + c[C_INSTALLS]
+        ),
         "bind_calls": int(c[C_BIND_CALLS]),
         "unbind_calls": int(c[C_UNBIND_CALLS]),
         "pager_calls": int(c[C_HYPERCALLS]),
@@ -284,11 +329,14 @@ def compute_metrics(
         "balloon_requests": int(c[C_INFLATES] + c[C_DEFLATES]),
         "installs_2m": int(c[C_INSTALLS]),
         "reclaims_2m": int(c[C_RECLAIMS]),
-        "pages_bound": int(c[C_PAGES_BOUND_BIND] + c[C_PAGES_BOUND_FAULT] + c[C_PAGES_BOUND_2M]),
+        "pages_bound": int(
+            c[C_PAGES_BOUND_BIND] + c[C_PAGES_BOUND_FAULT] + c[C_PAGES_BOUND_2M]
+        ),
         "pages_unbound": int(c[C_PAGES_UNBOUND_UNBIND] + c[C_PAGES_UNBOUND_2M]),
         "overhead_ns": float(sum(breakdown.values())),
         "overhead_by_class_ns": {k: float(v) for k, v in breakdown.items()},
         "unbound_allocated_pages": int(c[C_UNBOUND_ALLOCATED]),
+        "stream_errors": int(c[C_TOUCH_ALLOCATED] + c[C_FREE_UNALLOCATED]),
         "footprint_below_allocated_points": int(c[C_BELOW_ALLOC]),
     }
     return metrics, timeline

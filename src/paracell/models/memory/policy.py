@@ -9,6 +9,7 @@ executes the same stream on real memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from paracell.errors import ModelError
 from paracell.models.memory.events import AllocatorEvents
@@ -40,25 +41,27 @@ class Policy:
         config: ReplayConfig,
         placement: str | None = None,
     ) -> PolicyRun:
-        """Replay ``events`` and return the run with its op stream (metrics not yet computed)."""
+        """Replay ``events``; return the run with its op stream (no metrics yet)."""
         chosen = placement or self.default_placement
         if chosen not in PLACEMENT_IDS:
             raise ModelError(
                 f"unknown placement {chosen!r}; choose one of {', '.join(PLACEMENTS)}"
             )
         result = run_replay(self.policy_id, PLACEMENT_IDS[chosen], events, config)
-        return PolicyRun(policy=self.name, placement=chosen, events=events, replay=result)
+        return PolicyRun(
+            policy=self.name, placement=chosen, events=events, replay=result
+        )
 
 
 @dataclass
 class PolicyRun:
-    """One policy replayed on one placement: the op stream, and metrics once computed."""
+    """One policy replayed on one placement: its op stream, then its metrics."""
 
     policy: str
     placement: str
     events: AllocatorEvents
     replay: ReplayResult
-    metrics: dict[str, object] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     timeline: Timeline | None = None
 
     @property
@@ -66,7 +69,7 @@ class PolicyRun:
         return self.replay.ops
 
     def compute(self, costs: CostModel) -> PolicyRun:
-        """Compute the metrics and footprint timeline from the op stream; return self."""
+        """Compute the metrics and the footprint timeline from the op stream."""
         metrics, timeline = compute_metrics(
             self.ops, self.events.start_ts_ns, self.events.end_ts_ns, costs
         )

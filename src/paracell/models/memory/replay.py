@@ -18,7 +18,7 @@ import numpy as np
 from paracell.costs import CostTable
 from paracell.errors import ModelError
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.events import EV_ALLOC, EV_REFILL, AllocatorEvents
 from paracell.models.memory.guest import guest_alloc, guest_free, guest_init, guest_take
 from paracell.models.memory.kstate import (
@@ -116,6 +116,7 @@ from paracell.models.memory.state import (
     HUGE_PAGES,
     M_KIND,
     M_NPAGES,
+    M_SEV_N,
     GuestState,
     new_guest_state,
 )
@@ -129,7 +130,7 @@ STATUS_NO_MEMORY = 2
 _MIB = 1 << 20
 
 
-@njit
+@njit_inline
 def _next_timer(policy, s, params):
     if policy == FPR:
         return s.meta[K_T_FPR]
@@ -144,7 +145,7 @@ def _next_timer(policy, s, params):
     return NEVER
 
 
-@njit
+@njit_inline
 def _run_timers(policy, s, out, g, until, params):
     """Fire every timer due at or before ``until``, each at its own time."""
     while s.meta[K_OVERFLOW] == 0:
@@ -163,9 +164,9 @@ def _run_timers(policy, s, out, g, until, params):
             pager_fire(s, out, ts, params)
 
 
-@njit
+@njit_inline
 def _free_block(policy, g, s, out, params, ts, pfn, order, cpu):
-    """The workload frees ``2**order`` modelled pages at ``pfn``."""
+    """Free ``2**order`` modelled pages at ``pfn`` and run the policy's hook."""
     nr_pages = 1 << order
     emit(s, out, ts, opcodes.FREE, pfn, nr_pages, 0)
     for p in range(pfn, pfn + nr_pages):
@@ -191,7 +192,7 @@ def _free_page(policy, g, s, out, params, ts, pfn, cpu):
     _free_block(policy, g, s, out, params, ts, pfn, 0, cpu)
 
 
-@njit
+@njit_inline
 def _do_free(policy, g, s, out, params, ts, cpfn, order, cpu):
     nr_pages = 1 << order
     if cpfn < 0:
@@ -212,17 +213,18 @@ def _do_free(policy, g, s, out, params, ts, cpfn, order, cpu):
         _free_page(policy, g, s, out, params, ts, page, cpu)
 
 
-@njit
+@njit_inline
 def _do_alloc(policy, g, s, out, params, ts, cpfn, order, cpu):
     """Place and touch one allocation; return False if the guest has no room."""
     nr_pages = 1 << order
-    # The trace may miss a free (lost events): free what the page still holds.
+    # The trace may have lost a free: free the allocation still holding the page.
     for j in range(nr_pages):
         page = s.cap2mod[cpfn + j]
         if page >= 0:
             s.cap2mod[cpfn + j] = -1
             s.meta[K_DOUBLE_ALLOC_PAGES] += 1
             _free_page(policy, g, s, out, params, ts, page, cpu)
+
     if g.meta[M_KIND] == CAPTURED:
         pfn = cpfn + s.meta[K_CAP_BASE]
         for p in range(pfn, pfn + nr_pages):
@@ -239,14 +241,16 @@ def _do_alloc(policy, g, s, out, params, ts, cpfn, order, cpu):
         if pfn < 0:
             s.meta[K_ERROR_ORDER] = order
             return False
-        if policy == PAGER:
+        if policy == PAGER and g.meta[M_SEV_N] > 0:
             pager_on_refill(s, out, g, ts, params)
+
     for j in range(nr_pages):
         s.cap2mod[cpfn + j] = pfn + j
         s.block_head[pfn + j] = pfn
         set_owner(s, pfn + j, OWNER_WORKLOAD)
     s.head_order[pfn] = order
     s.meta[K_ALLOC_PAGES] += nr_pages
+
     if policy == THP:
         thp_before_touch(s, out, g, ts, pfn, nr_pages)
     elif policy == HYPERALLOC:
@@ -255,9 +259,11 @@ def _do_alloc(policy, g, s, out, params, ts, cpfn, order, cpu):
         pager_before_touch(s, out, g, ts, params, pfn, nr_pages, cpu, order)
     elif policy == FPR:
         fpr_before_touch(s, g, pfn, nr_pages)
+
     emit(s, out, ts, opcodes.TOUCH, pfn, nr_pages, 0)
     for p in range(pfn, pfn + nr_pages):
         s.meta[K_FAULTS] += bind_page(s, p)
+
     if policy == PAGER:
         pager_after_touch(s, pfn, nr_pages)
     elif policy == DAMON:
@@ -267,8 +273,19 @@ def _do_alloc(policy, g, s, out, params, ts, cpfn, order, cpu):
 
 @njit
 def replay_kernel(
-    policy, g, s, out, params, ev_ts, ev_kind, ev_pfn, ev_order, ev_cpu,
-    start_ts, end_ts, base_pages,
+    policy,
+    g,
+    s,
+    out,
+    params,
+    ev_ts,
+    ev_kind,
+    ev_pfn,
+    ev_order,
+    ev_cpu,
+    start_ts,
+    end_ts,
+    base_pages,
 ):
     """Replay every event; return a STATUS_* code."""
     s.meta[K_T_START] = start_ts
@@ -279,6 +296,7 @@ def replay_kernel(
     s.meta[K_ALLOC_PAGES] = base_pages
     if base_pages > 0:
         emit(s, out, start_ts, opcodes.BASE, 0, base_pages, 0)
+
     if policy == BALLOON:
         balloon_init(s, g, start_ts, params)
     elif policy == DAMON:
@@ -287,6 +305,7 @@ def replay_kernel(
         hyperalloc_init(s, g, start_ts, params)
     elif policy == FPR:
         fpr_init(s, g)
+
     nr_guest = g.meta[M_NPAGES]
     cap_base = s.meta[K_CAP_BASE]
     refill_n = 0
@@ -295,6 +314,8 @@ def replay_kernel(
         _run_timers(policy, s, out, g, ts, params)
         kind = ev_kind[i]
         if kind == EV_REFILL:
+            # Recorded refills matter only to the Pager on the trace
+            # placement; they are bound together before the next event.
             if g.meta[M_KIND] == CAPTURED and policy == PAGER and ev_pfn[i] >= 0:
                 size = 1 << ev_order[i]
                 if refill_n + size > nr_guest:
@@ -307,14 +328,18 @@ def replay_kernel(
         if refill_n > 0:
             pager_on_recorded_refill(s, out, ts, params, refill_n)
             refill_n = 0
+
         if kind == EV_ALLOC:
-            if not _do_alloc(policy, g, s, out, params, ts, ev_pfn[i], ev_order[i], ev_cpu[i]):
+            if not _do_alloc(
+                policy, g, s, out, params, ts, ev_pfn[i], ev_order[i], ev_cpu[i]
+            ):
                 s.meta[K_ERROR_EVENT] = i
                 return STATUS_NO_MEMORY
         else:
             _do_free(policy, g, s, out, params, ts, ev_pfn[i], ev_order[i], ev_cpu[i])
         if s.meta[K_OVERFLOW] != 0:
             return STATUS_OVERFLOW
+
     if refill_n > 0:
         pager_on_recorded_refill(s, out, end_ts, params, refill_n)
     _run_timers(policy, s, out, g, end_ts, params)
@@ -343,35 +368,50 @@ class ReplayConfig:
         guest_ram_bytes: int | None = None,
         vcpus: int | None = None,
     ) -> ReplayConfig:
+        """Read guest settings and policy parameters; raise ModelError for invalid ones.
+
+        ``guest_ram_bytes`` and ``vcpus`` override the table's values.
+        """
         params = np.zeros(NR_PARAMS, dtype=np.float64)
         page = float(opcodes.PAGE_SIZE)
+
         params[P_FPR_DELAY] = costs.get("memory.fpr.delay")
         params[P_FPR_CAPACITY] = costs.get("memory.fpr.capacity")
         params[P_FPR_ORDER] = costs.get("memory.fpr.order")
         params[P_FPR_BUDGET_DIV] = costs.get("memory.fpr.budget_divisor")
+
         params[P_BAL_PERIOD] = costs.get("memory.balloon.period")
         params[P_BAL_HEADROOM] = math.ceil(costs.get("memory.balloon.headroom") / page)
         params[P_BAL_NS_PER_PAGE] = 1e9 * page / costs.get("memory.balloon.rate")
         params[P_BAL_CHUNK] = costs.get("memory.balloon.chunk")
+
         params[P_DAMON_MIN_AGE] = costs.get("memory.damon.min_age")
         params[P_DAMON_AGGR] = costs.get("memory.damon.aggr_interval")
         params[P_DAMON_QUOTA] = math.floor(costs.get("memory.damon.quota") / page)
         params[P_DAMON_QUOTA_INTERVAL] = costs.get("memory.damon.quota_interval")
         params[P_HA_PERIOD] = costs.get("memory.hyperalloc.period")
+
         params[P_PG_USE_REFILL] = costs.get("memory.pager.use_refill")
         params[P_PG_BIND_BATCH] = costs.get("memory.pager.bind_batch")
         params[P_PG_UNBIND_BATCH] = costs.get("memory.pager.unbind_batch")
         params[P_PG_DELAY] = costs.get("memory.pager.unbind_delay")
         params[P_PG_RESERVE] = costs.get("memory.pager.reserve")
         _check_params(params)
+
         ram = int(guest_ram_bytes or costs.get("memory.guest_ram"))
         if ram < 4 * _MIB:
             raise ModelError(
                 f"guest RAM of {ram} bytes is too small; the model needs at least 4 MiB"
             )
+        nr_vcpus = int(vcpus if vcpus is not None else costs.get("memory.vcpus"))
+        if nr_vcpus < 0:
+            raise ModelError(
+                f"memory.vcpus is {nr_vcpus}; give 1 or more, "
+                "or 0 for the trace's CPU count"
+            )
         return cls(
             guest_ram_bytes=ram,
-            vcpus=int(vcpus if vcpus is not None else costs.get("memory.vcpus")),
+            vcpus=nr_vcpus,
             base_pages=math.ceil(costs.get("memory.base_footprint") / page),
             pcp_batch=int(costs.get("memory.buddy.pcp_batch")),
             pcp_high=int(costs.get("memory.buddy.pcp_high")),
@@ -405,7 +445,9 @@ def _check_params(params: np.ndarray) -> None:
         (P_DAMON_MIN_AGE, "memory.damon.min_age"),
     ]:
         if params[index] < 0:
-            raise ModelError(f"parameter {name} is {params[index]:g}; it must not be negative")
+            raise ModelError(
+                f"parameter {name} is {params[index]:g}; it must not be negative"
+            )
     if not 0 <= params[P_FPR_ORDER] <= 10:
         raise ModelError(
             f"parameter memory.fpr.order is {params[P_FPR_ORDER]:g}; it must be 0-10"
@@ -427,7 +469,9 @@ class ReplayResult:
     state: ReplayState
 
 
-def guest_pages_for(placement: int, events: AllocatorEvents, config: ReplayConfig) -> int:
+def guest_pages_for(
+    placement: int, events: AllocatorEvents, config: ReplayConfig
+) -> int:
     """Return the size in pages of the modelled guest for a placement."""
     if placement == CAPTURED:
         return _round_up(config.base_pages, 1024) + max(events.nr_captured_pages, 1024)
@@ -441,7 +485,10 @@ def _round_up(value: int, step: int) -> int:
 def run_replay(
     policy: int, placement: int, events: AllocatorEvents, config: ReplayConfig
 ) -> ReplayResult:
-    """Replay ``events`` with one policy on one placement; raise ModelError if it does not fit."""
+    """Replay ``events`` with one policy on one placement.
+
+    Raises ModelError when the trace does not fit the guest.
+    """
     nr_pages = guest_pages_for(placement, events, config)
     if config.base_pages >= nr_pages:
         raise ModelError(
@@ -453,13 +500,26 @@ def run_replay(
     capacity = 4 * len(events) + 4096
     # int64 keeps ``1 << order`` exact in compiled and pure-Python runs alike.
     orders = events.order.astype(np.int64)
+    cpus = (events.cpu % vcpus).astype(np.int64)
+
     while True:
-        guest, state, out, params = _allocate(policy, placement, events, config, nr_pages, vcpus, capacity)
+        guest, state, out, params = _allocate(
+            policy, placement, events, config, nr_pages, vcpus, capacity
+        )
         status = replay_kernel(
-            policy, guest, state, out, params,
-            events.ts_ns, events.kind, events.pfn, orders,
-            (events.cpu % vcpus).astype(np.int64),
-            events.start_ts_ns, events.end_ts_ns, config.base_pages,
+            policy,
+            guest,
+            state,
+            out,
+            params,
+            events.ts_ns,
+            events.kind,
+            events.pfn,
+            orders,
+            cpus,
+            events.start_ts_ns,
+            events.end_ts_ns,
+            config.base_pages,
         )
         if status != STATUS_OVERFLOW:
             break
@@ -467,6 +527,7 @@ def run_replay(
         log.debug("op buffer full, retrying with room for %d operations", capacity)
     if status == STATUS_NO_MEMORY:
         raise _no_memory_error(events, config, state, nr_pages)
+
     n = int(state.meta[0])
     ops = opcodes.OpStream(
         ts_ns=out.ts_ns[:n].copy(),
@@ -498,6 +559,7 @@ def _allocate(
     vcpus: int,
     capacity: int,
 ):
+    """Create the guest, replay state and op buffer of one run, sized for the trace."""
     guest = new_guest_state(
         placement,
         nr_pages,
@@ -506,6 +568,7 @@ def _allocate(
         high=config.pcp_high,
         tree_frames=config.llfree_tree_frames,
     )
+
     nr_frames = nr_pages // HUGE_PAGES
     params = config.params.copy()
     region_frames = max(round(nr_pages / config.damon_max_nr_regions / HUGE_PAGES), 1)
@@ -514,13 +577,24 @@ def _allocate(
     nr_events = len(events)
     is_pager = policy == PAGER
     fifo_cap = max(4096, 2 * nr_events + 16) if is_pager else 1
-    scratch2 = max(nr_frames, nr_regions, 2 * int(params[P_FPR_CAPACITY]),
-                   int(params[P_PG_BIND_BATCH]), 64) + 16
+    scratch2 = (
+        max(
+            nr_frames,
+            nr_regions,
+            2 * int(params[P_FPR_CAPACITY]),
+            int(params[P_PG_BIND_BATCH]),
+            64,
+        )
+        + 16
+    )
+
     meta = np.zeros(K_META_LEN, dtype=np.int64)
     meta[K_ERROR_EVENT] = -1
     meta[K_PLACEMENT] = placement
     meta[K_POLICY] = policy
-    meta[K_CAP_BASE] = _round_up(config.base_pages, 1024) if placement == CAPTURED else 0
+    meta[K_CAP_BASE] = (
+        _round_up(config.base_pages, 1024) if placement == CAPTURED else 0
+    )
     for index in (K_T_FPR, K_T_DAMON, K_T_HA, K_T_BAL_CTRL, K_T_BAL_INFLATE):
         meta[index] = NEVER
     state = ReplayState(
@@ -540,10 +614,14 @@ def _allocate(
         fifo_ts=np.zeros((2, fifo_cap), dtype=np.int64),
         bal_pfn=np.zeros(nr_pages + 16 if policy == BALLOON else 1, dtype=np.int64),
         bal_n=np.zeros(nr_pages + 16 if policy == BALLOON else 1, dtype=np.int64),
-        region_free_since=np.zeros(nr_regions if policy == DAMON else 1, dtype=np.int64),
+        region_free_since=np.zeros(
+            nr_regions if policy == DAMON else 1, dtype=np.int64
+        ),
         scratch=np.zeros(nr_pages + 1024, dtype=np.int64),
         scratch2=np.zeros(scratch2, dtype=np.int64),
-        refill=np.zeros(nr_pages if placement == CAPTURED and is_pager else 1, dtype=np.int64),
+        refill=np.zeros(
+            nr_pages if placement == CAPTURED and is_pager else 1, dtype=np.int64
+        ),
     )
     out = new_op_buffer(capacity)
     return guest, state, out, params
@@ -568,7 +646,7 @@ def _no_memory_error(
 
 
 def peak_allocated_pages(events: AllocatorEvents, config: ReplayConfig) -> int:
-    """Return the most pages the trace holds allocated at once (base included)."""
+    """Return the most pages the trace has allocated at once, base included."""
     sizes = np.left_shift(np.int64(1), events.order.astype(np.int64))
     delta = np.where(events.kind == EV_ALLOC, sizes, 0)
     frees = (events.kind == 0) & (events.pfn >= 0)

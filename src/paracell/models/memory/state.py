@@ -86,7 +86,7 @@ class GuestState(NamedTuple):
 
 
 def pcp_batch_for(nr_pages: int) -> int:
-    """Return the per-CPU batch Linux picks for a zone of ``nr_pages`` (zone_batchsize)."""
+    """Return the per-CPU batch of a zone of ``nr_pages``, as zone_batchsize() does."""
     batch = min(nr_pages >> 10, (1 << 20) // 4096)
     batch //= 4
     batch = max(batch, 1)
@@ -96,7 +96,7 @@ def pcp_batch_for(nr_pages: int) -> int:
 
 
 def low_wmark_for(nr_pages: int) -> int:
-    """Return the low watermark, in pages, of a zone of ``nr_pages`` (Linux 6.x defaults).
+    """Return the low watermark in pages of a zone of ``nr_pages`` (Linux 6.x).
 
     min_free_kbytes is sqrt(16 x lowmem kbytes), clamped to [128, 262144];
     the low watermark adds the larger of a quarter of it and

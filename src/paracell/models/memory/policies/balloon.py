@@ -47,7 +47,7 @@ from paracell.models.memory.state import BUDDY, LLFREE, M_KIND, M_NPAGES, MAX_OR
 
 @njit
 def _compact_stack(s):
-    """Drop pages the workload took from the balloon (trace placement) and merge runs."""
+    """Drop pages the workload took from the balloon (trace placement); merge runs."""
     out = 0
     for i in range(s.meta[K_BAL_RUNS]):
         start = s.bal_pfn[i]

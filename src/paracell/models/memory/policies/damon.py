@@ -1,8 +1,8 @@
 """Host-side DAMON_RECLAIM (LNX mm/damon/reclaim.c) on the guest's memory.
 
 Pages are bound on touch. The guest's memory is split into fixed regions of
-``region_frames`` 2 MiB frames (DAMON adapts its regions between 10 and
-``max_nr_regions``; the model fixes them at that bound). A region counts as
+``region_frames`` 2 MiB frames. DAMON adapts its regions between 10 and
+``max_nr_regions``, and the model fixes their number at that bound. A region counts as
 accessed while the guest has any page of it allocated, and as not accessed
 once it has none, since the host cannot tell a free page from an idle one.
 Every aggregation interval, regions not accessed for ``min_age`` are paged
@@ -18,13 +18,13 @@ fault.
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit, sort_prefix
+from paracell.models.memory._jit import njit, njit_inline, sort_prefix
 from paracell.models.memory.kstate import (
     K_DAMON_QUOTA_USED,
     K_RECLAIM_PAGES,
-    K_T_START,
     K_T_DAMON,
     K_T_DAMON_QUOTA,
+    K_T_START,
     OWNER_FREE,
     P_DAMON_AGGR,
     P_DAMON_MIN_AGE,
@@ -37,10 +37,12 @@ from paracell.models.memory.kstate import (
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES, M_NFRAMES, M_NPAGES
 
 
-@njit
+@njit_inline
 def _region_sum(arr, region, region_frames, nr_frames):
     total = 0
-    for f in range(region * region_frames, min((region + 1) * region_frames, nr_frames)):
+    for f in range(
+        region * region_frames, min((region + 1) * region_frames, nr_frames)
+    ):
         total += arr[f]
     return total
 
@@ -56,7 +58,7 @@ def damon_init(s, g, ts, params):
     s.meta[K_T_DAMON_QUOTA] = ts + int(params[P_DAMON_QUOTA_INTERVAL])
 
 
-@njit
+@njit_inline
 def damon_after_touch(s, params, pfn, nr_pages):
     region_frames = int(params[P_DAMON_REGION_FRAMES])
     first = (pfn >> HUGE_ORDER) // region_frames
@@ -65,7 +67,7 @@ def damon_after_touch(s, params, pfn, nr_pages):
         s.region_free_since[r] = -1
 
 
-@njit
+@njit_inline
 def damon_on_free(s, g, ts, params, pfn, nr_pages):
     region_frames = int(params[P_DAMON_REGION_FRAMES])
     nr_frames = g.meta[M_NFRAMES]
@@ -78,12 +80,13 @@ def damon_on_free(s, g, ts, params, pfn, nr_pages):
 
 @njit
 def damon_fire(s, out, g, ts, params):
-    """One aggregation step: page out cold regions within the quota."""
+    """Page out the regions idle for ``min_age``, oldest first, within the quota."""
     interval = int(params[P_DAMON_QUOTA_INTERVAL])
     while s.meta[K_T_DAMON_QUOTA] <= ts:
         s.meta[K_T_DAMON_QUOTA] += interval
         s.meta[K_DAMON_QUOTA_USED] = 0
     s.meta[K_T_DAMON] = ts + int(params[P_DAMON_AGGR])
+
     min_age = int(params[P_DAMON_MIN_AGE])
     quota = int(params[P_DAMON_QUOTA])
     region_frames = int(params[P_DAMON_REGION_FRAMES])
@@ -100,12 +103,14 @@ def damon_fire(s, out, g, ts, params):
         n += 1
     if n == 0:
         return
+
     # Oldest first: sort keys that pack the idle-since time above the region.
     nr_regions = s.region_free_since.size
     for i in range(n):
         r = s.scratch2[i]
         s.scratch2[i] = (s.region_free_since[r] - s.meta[K_T_START]) * nr_regions + r
     sort_prefix(s.scratch2, n)
+
     count = 0
     for i in range(n):
         r = s.scratch2[i] % nr_regions
@@ -120,6 +125,7 @@ def damon_fire(s, out, g, ts, params):
                 s.meta[K_DAMON_QUOTA_USED] += 1
         if s.meta[K_DAMON_QUOTA_USED] >= quota:
             break
+
     emit_runs(s, out, ts, opcodes.UNBIND, s.scratch, count)
     for i in range(count):
         unbind_page(s, s.scratch[i])

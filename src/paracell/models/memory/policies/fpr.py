@@ -1,15 +1,15 @@
-"""Free page reporting (LNX mm/page_reporting.c), with the host discarding reported pages.
+"""Free page reporting (LNX mm/page_reporting.c); the host discards reported pages.
 
 Pages are bound on touch. A free that leaves a buddy block of at least the
 reporting order schedules a pass ``delay`` later (2 s). A pass skips the zone
 unless its free pages exceed the low watermark plus ``capacity`` blocks of
 the reporting order. Then, for each order from the reporting order up, it
 walks the free list from the head, skips reported blocks, and gathers
-unreported ones into reports of ``capacity`` blocks; after
+unreported ones into reports of ``capacity`` blocks. After
 ``ceil(nr_free / (capacity x budget_divisor)) + 1`` reports of one order it
-stops and asks for another pass ``delay`` later. A last, partial report goes
+stops and requests another pass ``delay`` later. A last, partial report goes
 out at the end of the pass. The host discards each reported block
-(``MADV_DONTNEED``); the block returns to the tail of its free list marked
+(``MADV_DONTNEED``). The block returns to the tail of its free list marked
 reported, and stays reported until it is allocated or merged. Pages on
 per-CPU lists are never reported.
 
@@ -20,7 +20,7 @@ On the LLFree and trace placements, which have no buddy lists, the unit is a
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.buddy import buddy_report_putback
 from paracell.models.memory.kstate import (
     K_T_FPR,
@@ -46,7 +46,7 @@ from paracell.models.memory.state import (
 )
 
 
-@njit
+@njit_inline
 def fpr_notify(s, g, ts, params):
     """Schedule a pass after a free that left a block of the reporting order.
 
@@ -59,7 +59,7 @@ def fpr_notify(s, g, ts, params):
 
 @njit
 def fpr_init(s, g):
-    """Count every frame free at the start as reported, as after an idle guest's passes."""
+    """Count every frame free at the start as reported, as in an idle guest."""
     if g.meta[M_KIND] == BUDDY:
         return
     for frame in range(g.meta[M_NFRAMES]):
@@ -67,9 +67,9 @@ def fpr_init(s, g):
             s.frame_flag[frame] = 1
 
 
-@njit
+@njit_inline
 def fpr_before_touch(s, g, pfn, nr_pages):
-    """An allocation in a reported frame makes it unreported (frame placements)."""
+    """Mark the frames of an allocation unreported (frame placements only)."""
     if g.meta[M_KIND] == BUDDY:
         return
     for frame in range(pfn >> HUGE_ORDER, ((pfn + nr_pages - 1) >> HUGE_ORDER) + 1):
@@ -102,58 +102,31 @@ def _watermark_ok(g, capacity, order):
 
 
 @njit
-def fpr_fire(s, out, g, ts, params):
-    """Run one reporting pass at ``ts``."""
-    capacity = int(params[P_FPR_CAPACITY])
-    min_order = int(params[P_FPR_ORDER])
-    divisor = int(params[P_FPR_BUDGET_DIV])
-    s.meta[K_T_FPR] = NEVER
-    if g.meta[M_KIND] == BUDDY and not _watermark_ok(g, capacity, min_order):
-        return
+def _pass_buddy(s, out, g, ts, capacity, min_order, divisor):
+    """Report unreported buddy blocks by order; return True if the budget ran out."""
     blocks = s.scratch2
     orders = s.scratch2[capacity:]
     sg = 0
     requested = False
-    if g.meta[M_KIND] == BUDDY:
-        for order in range(min_order, MAX_ORDER + 1):
-            nr_free = g.fl_nr[order]
-            budget = (nr_free + capacity * divisor - 1) // (capacity * divisor)
-            # Snapshot the unreported blocks: reporting moves blocks to the tail.
-            n = 0
-            pfn = g.fl_head[order]
-            while pfn >= 0:
-                if g.breported[pfn] == 0:
-                    s.scratch[n] = pfn
-                    n += 1
-                pfn = g.nxt[pfn]
-            for i in range(n):
-                if budget < 0:
-                    requested = True
-                    break
-                blocks[sg] = s.scratch[i]
-                orders[sg] = order
-                sg += 1
-                if sg == capacity:
-                    _send_report(s, out, g, ts, blocks, orders, sg)
-                    sg = 0
-                    budget -= 1
-    else:
-        nr_frames = g.meta[M_NFRAMES]
-        nr_free = 0
-        for frame in range(nr_frames):
-            if g.frame_free[frame] == HUGE_PAGES:
-                nr_free += 1
+    for order in range(min_order, MAX_ORDER + 1):
+        nr_free = g.fl_nr[order]
         budget = (nr_free + capacity * divisor - 1) // (capacity * divisor)
-        for frame in range(nr_frames):
-            if g.frame_free[frame] != HUGE_PAGES or s.frame_flag[frame] != 0:
-                continue
-            if (frame + 1) * HUGE_PAGES > g.meta[M_NPAGES]:
-                continue
+
+        # Snapshot the unreported blocks, because reporting moves blocks to the tail.
+        n = 0
+        pfn = g.fl_head[order]
+        while pfn >= 0:
+            if g.breported[pfn] == 0:
+                s.scratch[n] = pfn
+                n += 1
+            pfn = g.nxt[pfn]
+
+        for i in range(n):
             if budget < 0:
                 requested = True
                 break
-            blocks[sg] = frame * HUGE_PAGES
-            orders[sg] = HUGE_ORDER
+            blocks[sg] = s.scratch[i]
+            orders[sg] = order
             sg += 1
             if sg == capacity:
                 _send_report(s, out, g, ts, blocks, orders, sg)
@@ -161,5 +134,55 @@ def fpr_fire(s, out, g, ts, params):
                 budget -= 1
     if sg > 0:
         _send_report(s, out, g, ts, blocks, orders, sg)
+    return requested
+
+
+@njit
+def _pass_frames(s, out, g, ts, capacity, divisor):
+    """Report unreported, entirely free 2 MiB frames; True if the budget ran out."""
+    blocks = s.scratch2
+    orders = s.scratch2[capacity:]
+    nr_frames = g.meta[M_NFRAMES]
+    nr_free = 0
+    for frame in range(nr_frames):
+        if g.frame_free[frame] == HUGE_PAGES:
+            nr_free += 1
+    budget = (nr_free + capacity * divisor - 1) // (capacity * divisor)
+
+    sg = 0
+    requested = False
+    for frame in range(nr_frames):
+        if g.frame_free[frame] != HUGE_PAGES or s.frame_flag[frame] != 0:
+            continue
+        if (frame + 1) * HUGE_PAGES > g.meta[M_NPAGES]:
+            continue
+        if budget < 0:
+            requested = True
+            break
+        blocks[sg] = frame * HUGE_PAGES
+        orders[sg] = HUGE_ORDER
+        sg += 1
+        if sg == capacity:
+            _send_report(s, out, g, ts, blocks, orders, sg)
+            sg = 0
+            budget -= 1
+    if sg > 0:
+        _send_report(s, out, g, ts, blocks, orders, sg)
+    return requested
+
+
+@njit
+def fpr_fire(s, out, g, ts, params):
+    """Run one reporting pass at ``ts``; schedule the next if the budget ran out."""
+    capacity = int(params[P_FPR_CAPACITY])
+    min_order = int(params[P_FPR_ORDER])
+    divisor = int(params[P_FPR_BUDGET_DIV])
+    s.meta[K_T_FPR] = NEVER
+    if g.meta[M_KIND] == BUDDY:
+        if not _watermark_ok(g, capacity, min_order):
+            return
+        requested = _pass_buddy(s, out, g, ts, capacity, min_order, divisor)
+    else:
+        requested = _pass_frames(s, out, g, ts, capacity, divisor)
     if requested:
         s.meta[K_T_FPR] = ts + int(params[P_FPR_DELAY])

@@ -4,7 +4,7 @@ The guest allocator's state is shared with the host. An allocation that lands
 in a frame the host has not installed asks the host to install the whole
 frame (one hypercall per frame, about 0.5 ms each). Every ``period`` (5 s)
 the host reclaims each installed frame that the allocator shows entirely
-free, and marks it reclaimed in the shared state; the LLFree placement then
+free and marks it reclaimed in the shared state. The LLFree placement then
 prefers installed frames.
 
 On the buddy placement a frame counts as free when all its pages sit in the
@@ -15,7 +15,7 @@ point of view); on the trace placement, when no page of it is allocated.
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit, njit_inline
 from paracell.models.memory.kstate import (
     K_RECLAIM_PAGES,
     K_T_HA,
@@ -37,7 +37,7 @@ def hyperalloc_init(s, g, ts, params):
     s.meta[K_T_HA] = ts + int(params[P_HA_PERIOD])
 
 
-@njit
+@njit_inline
 def hyperalloc_before_touch(s, out, g, ts, pfn, nr_pages):
     n = 0
     for frame in range(pfn >> HUGE_ORDER, ((pfn + nr_pages - 1) >> HUGE_ORDER) + 1):

@@ -1,7 +1,7 @@
-"""ParaCell's Pager (PC26): bind ahead at the allocator hook, unbind freed pages in batches.
+"""ParaCell's Pager (PC26): bind ahead at the allocator hook, unbind in batches.
 
-Binding. The container kernel's allocator tells the Pager about every
-allocation before the pages are written, so nothing faults:
+Binding. The container kernel's allocator reports every allocation to the
+Pager before the pages are written, so nothing faults:
 
 - at a per-CPU list refill (the modelled refill on the buddy placement, the
   recorded ``mm_page_alloc_zone_locked`` refills on the trace placement) the
@@ -26,7 +26,7 @@ estimates in the cost table.
 
 from __future__ import annotations
 
-from paracell.models.memory._jit import njit, sort_prefix
+from paracell.models.memory._jit import njit, njit_inline, sort_prefix
 from paracell.models.memory.guest import guest_peek
 from paracell.models.memory.kstate import (
     FIFO_AHEAD,
@@ -50,17 +50,27 @@ from paracell.models.memory.state import M_SEV_N, SEV_REFILL
 
 
 @njit
-def _queue_run(s, kind, start, length, ts):
+def _flush_all(s, out, ts):
+    n = fifo_take(s, FIFO_FREED, NEVER, NEVER, s.scratch, 0)
+    n = fifo_take(s, FIFO_AHEAD, NEVER, NEVER, s.scratch, n)
+    call_unbind(s, out, ts, s.scratch, n)
+
+
+@njit_inline
+def _queue_run(s, out, kind, start, length, ts):
+    """Queue a run; when the queue is full, unbind everything queued first.
+
+    The replay sizes each queue at twice the number of events, so a full
+    queue is rare. K_FIFO_FORCED counts the flushes it causes.
+    """
     if not fifo_push(s, kind, start, length, ts):
-        # A full queue cannot happen with the sizes the replay allocates; if
-        # it does, flushing everything keeps the model correct.
         s.meta[K_FIFO_FORCED] += 1
-        return False
-    return True
+        _flush_all(s, out, ts)
+        fifo_push(s, kind, start, length, ts)
 
 
 @njit
-def _queue_ahead(s, ts, pages, count):
+def _queue_ahead(s, out, ts, pages, count):
     """Queue ``pages[:count]`` (sorted, just bound) as bound ahead of use."""
     if count == 0:
         return
@@ -73,15 +83,15 @@ def _queue_ahead(s, ts, pages, count):
         if p == start + length:
             length += 1
         else:
-            _queue_run(s, FIFO_AHEAD, start, length, ts)
+            _queue_run(s, out, FIFO_AHEAD, start, length, ts)
             start = p
             length = 1
-    _queue_run(s, FIFO_AHEAD, start, length, ts)
+    _queue_run(s, out, FIFO_AHEAD, start, length, ts)
 
 
 @njit
 def _bind_ahead(s, out, ts, pages, count):
-    """Bind the free, unbound pages among ``pages[:count]`` in one call and queue them."""
+    """Bind the free, unbound pages of ``pages[:count]`` in one call; queue them."""
     n = 0
     for i in range(count):
         p = pages[i]
@@ -89,7 +99,7 @@ def _bind_ahead(s, out, ts, pages, count):
             pages[n] = p
             n += 1
     n = call_bind(s, out, ts, pages, n)
-    _queue_ahead(s, ts, pages, n)
+    _queue_ahead(s, out, ts, pages, n)
 
 
 @njit
@@ -117,7 +127,7 @@ def pager_on_recorded_refill(s, out, ts, params, count):
     _bind_ahead(s, out, ts, s.scratch, count)
 
 
-@njit
+@njit_inline
 def pager_before_touch(s, out, g, ts, params, pfn, nr_pages, cpu, order):
     """Bind the allocation's unbound pages, with the next pages of the allocator."""
     n = 0
@@ -142,10 +152,10 @@ def pager_before_touch(s, out, g, ts, params, pfn, nr_pages, cpu, order):
     call_bind(s, out, ts, s.scratch, n)
     if nr_ahead > 0:
         sort_prefix(s.scratch2, nr_ahead)
-        _queue_ahead(s, ts, s.scratch2, nr_ahead)
+        _queue_ahead(s, out, ts, s.scratch2, nr_ahead)
 
 
-@njit
+@njit_inline
 def pager_after_touch(s, pfn, nr_pages):
     for p in range(pfn, pfn + nr_pages):
         if s.pending[p] != 0:
@@ -154,14 +164,7 @@ def pager_after_touch(s, pfn, nr_pages):
             s.pending[p] = 0
 
 
-@njit
-def _flush_all(s, out, ts):
-    n = fifo_take(s, FIFO_FREED, NEVER, NEVER, s.scratch, 0)
-    n = fifo_take(s, FIFO_AHEAD, NEVER, NEVER, s.scratch, n)
-    call_unbind(s, out, ts, s.scratch, n)
-
-
-@njit
+@njit_inline
 def pager_on_free(s, out, ts, params, pfn, nr_pages):
     """Queue freed pages and unbind a batch once the queue passes reserve + batch."""
     added = 0
@@ -172,10 +175,7 @@ def pager_on_free(s, out, ts, params, pfn, nr_pages):
             added += 1
     if added == 0:
         return
-    if not _queue_run(s, FIFO_FREED, pfn, nr_pages, ts):
-        # Unbinding everything queued makes room for this run.
-        _flush_all(s, out, ts)
-        _queue_run(s, FIFO_FREED, pfn, nr_pages, ts)
+    _queue_run(s, out, FIFO_FREED, pfn, nr_pages, ts)
     s.meta[K_PENDING_FREED] += added
     reserve = int(params[P_PG_RESERVE])
     batch = max(int(params[P_PG_UNBIND_BATCH]), 1)
@@ -185,7 +185,7 @@ def pager_on_free(s, out, ts, params, pfn, nr_pages):
         call_unbind(s, out, ts, s.scratch, n)
 
 
-@njit
+@njit_inline
 def pager_next_timer(s, params):
     oldest = min(fifo_head_ts(s, FIFO_FREED), fifo_head_ts(s, FIFO_AHEAD))
     if oldest == NEVER:
@@ -195,7 +195,7 @@ def pager_next_timer(s, params):
 
 @njit
 def pager_fire(s, out, ts, params):
-    """Unbind every queued freed page and the pages bound ahead at least ``delay`` ago."""
+    """Unbind every queued freed page and pages bound ahead ``delay`` or more ago."""
     delay = int(params[P_PG_DELAY])
     n = fifo_take(s, FIFO_FREED, NEVER, NEVER, s.scratch, 0)
     n = fifo_take(s, FIFO_AHEAD, NEVER, ts - delay, s.scratch, n)

@@ -1,4 +1,4 @@
-"""Policies without reclaim: ``static`` (4 KiB on first touch) and ``thp`` (2 MiB on first touch).
+"""Policies without reclaim: ``static`` (4 KiB on first touch) and ``thp`` (2 MiB).
 
 ``static`` needs no hook: the replay's TOUCH binds each unbound page with a
 secondary fault. ``thp`` turns the first touch of a 2 MiB frame into one
@@ -9,12 +9,12 @@ transparent huge pages does.
 from __future__ import annotations
 
 from paracell.models.memory import ops as opcodes
-from paracell.models.memory._jit import njit
+from paracell.models.memory._jit import njit_inline
 from paracell.models.memory.kstate import bind_page, emit
 from paracell.models.memory.state import HUGE_ORDER, HUGE_PAGES, M_NPAGES
 
 
-@njit
+@njit_inline
 def thp_before_touch(s, out, g, ts, pfn, nr_pages):
     nr_guest = g.meta[M_NPAGES]
     for frame in range(pfn >> HUGE_ORDER, ((pfn + nr_pages - 1) >> HUGE_ORDER) + 1):
