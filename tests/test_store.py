@@ -305,7 +305,12 @@ def test_save_run_records_options_and_overrides(
 
 @pytest.mark.parametrize(
     ("command", "extra"),
-    [("latency", []), ("compare", []), ("live", ["--policy", "pager"])],
+    [
+        ("latency", []),
+        ("memory", []),
+        ("compare", []),
+        ("live", ["--policy", "pager"]),
+    ],
 )
 def test_model_command_save_flag(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, extra: list[str]

@@ -15,7 +15,9 @@ from paracell.cli._common import (
     print_json,
     progress_bar,
 )
+from paracell.cli.results import record_run
 from paracell.errors import ParacellError
+from paracell.reports.saving import add_save_arguments
 
 POLICY_NAMES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
 PLACEMENT_NAMES = ("buddy", "llfree", "trace")
@@ -73,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw the Pager sweep (implies --pager-sweep)",
     )
     add_json_argument(parser)
+    add_save_arguments(parser)
 
 
 def _parse_size(text: str) -> int:
@@ -144,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 )
                 entry["sweep_plot"] = str(path)
         document[trace.name] = entry
+        record_run(args, "memory", trace, entry)
         if not args.json:
             _print_report(report, entry, points)
     if args.json:
