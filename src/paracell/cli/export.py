@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ParacellError(f"{args.output}: cannot write ({exc.strerror})") from None
     merged = (
-        f", {slices.nr_input_slices} slices merged per class in windows of "
-        f"{slices.window_ns / 1000:g} us"
+        f" (merged per class from {slices.nr_input_slices} in windows of "
+        f"{slices.window_ns / 1000:g} us)"
         if slices.window_ns
         else ""
     )
