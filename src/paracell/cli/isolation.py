@@ -69,11 +69,11 @@ def run(args: argparse.Namespace) -> int:
         width = max(len(result.name) for result in results)
         out.write(f"{'attack':<{width}}  stopped  rule\n")
         for result in results:
-            rule = result.rule
+            stopped_by = result.rule
             if result.backstops:
-                rule += f" (backstop: {', '.join(result.backstops)})"
+                stopped_by += f" (backstop: {', '.join(result.backstops)})"
             mark = "yes" if result.stopped else "NO"
-            out.write(f"{result.name:<{width}}  {mark:<7}  {rule}\n")
+            out.write(f"{result.name:<{width}}  {mark:<7}  {stopped_by}\n")
             for violation in result.violations:
                 out.write(f"{'':<{width}}    {violation}\n")
         out.write("\nRules:\n")

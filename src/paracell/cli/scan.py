@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from paracell.cli._common import add_json_argument, print_json
 from paracell.errors import ParacellError
+
+if TYPE_CHECKING:
+    from paracell.isolation.scanner import ScanHit, ScanReport
 
 
 def _context_count(text: str) -> int:
@@ -90,10 +94,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
-def _print_text(report: object, rejected: list[object], list_skipped: bool) -> None:
-    from paracell.isolation.scanner import ScanReport
-
-    assert isinstance(report, ScanReport)
+def _print_text(
+    report: ScanReport, rejected: list[ScanHit], list_skipped: bool
+) -> None:
     out = sys.stdout
     megabytes = report.bytes_scanned / 1e6
     rate = megabytes / report.elapsed_s if report.elapsed_s > 0 else 0.0
