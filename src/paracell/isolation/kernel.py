@@ -394,8 +394,11 @@ class Kernel:
         self.store(layout.SIGRETURN_SCRATCH, frame)
         ctx = sigframe.decode_registers(frame)
         ctx.gs_base = m.regs.gs_base
+        frame_pkru = sigframe.decode_pkru(frame)
         if not m.enabled("sigreturn-pkru"):
-            self.set_user_pkru(thread, sigframe.decode_pkru(frame))
+            self.set_user_pkru(thread, frame_pkru)
+        elif frame_pkru != thread.user_pkru:
+            m.note("sigreturn-pkru", f"frame PKRU {frame_pkru:#010x} ignored")
         thread.sigreturn_context = ctx
         m.regs[asm.RDI] = layout.SIGRETURN_SCRATCH + sigframe.XSAVE_OFFSET
         m.regs[asm.RAX] = XCR0 & ~XFEATURE_PKRU
