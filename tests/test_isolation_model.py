@@ -182,7 +182,7 @@ def test_xrstor_loads_pkru_from_area() -> None:
     assert cpu.regs.pkru == 0xC0
 
 
-def test_xrstor_without_pkru_in_xstate_bv_loads_init_zero() -> None:
+def test_xrstor_init_pkru_is_zero() -> None:
     cpu = _cpu(asm.xrstor(asm.RDI), rdi=DATA, rax=0xFFFFFFFF, rdx=0)
     _xsave(cpu, 0x3, 0xFFFF_FFFF)
     cpu.step()

@@ -1,13 +1,15 @@
 """Property tests: no sequence of user operations breaks isolation.
 
 A hypothesis state machine drives one container with random user
-operations: data reads and writes, jumps to random addresses (into gates at
-any offset, into kernel text, into loaded code) with random registers, gate
-calls with random numbers and arguments, mmap/mprotect/pkey calls, signals
-and rt_sigreturn with random frames, loading random code, and thread
-switches. After every step no violation may have been recorded, the
-container kernel must not have crashed, and no thread may be in user mode
-with a PKRU that opens the kernel key.
+operations. It reads and writes memory, jumps with random registers into
+gates at any offset, into kernel text and into loaded code, and calls the
+gate with random numbers and arguments (mmap, mprotect, pkey calls and the
+rest). It also delivers signals, calls rt_sigreturn on random frames, loads
+random code and switches threads.
+
+After every step no violation may have been recorded, and the container
+kernel must not have crashed. No thread may be in user mode with a PKRU that
+opens the kernel key.
 
 The same machine run with a rule switched off must find a breach, which
 shows the properties can fail.

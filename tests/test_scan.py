@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None, reason="gcc is needed to build the test ELF files"
 )
 
-# Each function holds one case; the page-spanning case puts 0F as the last
+# Each function contains one case. The page-spanning case puts 0F as the last
 # byte of a page and 01 EF at the start of the next.
 GADGETS_S = r"""
     .text

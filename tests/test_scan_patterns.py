@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paracell.isolation import patterns
 from paracell.isolation.patterns import WriterKind, find_pkru_writers
 
 WRITER_MNEMONICS = {"wrpkru", "xrstor", "xrstor64", "xrstors", "xrstors64"}
@@ -52,21 +51,20 @@ def test_sequence_at_buffer_end() -> None:
     assert find_pkru_writers(b"\x90\x0f\x01") == []
 
 
-def test_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = bytearray(b"\x90" * 64)
-    # Sequences across the 8-byte chunk edges at 8 and 24, and a REX prefix
-    # just before the edge at 40.
-    for offset in (6, 13, 22, 61):
-        data[offset : offset + 3] = b"\x0f\x01\xef"
-    data[39:43] = b"\x48\x0f\xae\x2f"
-    expected = find_pkru_writers(bytes(data))
-    monkeypatch.setattr(patterns, "CHUNK_BYTES", 8)
-    chunked = find_pkru_writers(bytes(data))
-    assert chunked == expected
-    assert [h.offset for h in chunked if h.kind is WriterKind.WRPKRU] == [6, 13, 22, 61]
-    assert [(h.offset, h.rex_w) for h in chunked if h.kind is WriterKind.XRSTOR] == [
-        (40, True)
+def test_adjacent_and_overlapping_candidates() -> None:
+    # A 0F that starts no match must not hide a match starting at the next byte.
+    data = bytes.fromhex("0f 0f01ef 0f 0f 0fae2f 48 0fae6c2440")
+    hits = find_pkru_writers(data)
+    assert [(h.offset, h.kind, h.rex_w) for h in hits] == [
+        (1, WriterKind.WRPKRU, False),
+        (6, WriterKind.XRSTOR, False),
+        (10, WriterKind.XRSTOR, True),
     ]
+
+
+def test_memoryview_of_a_slice() -> None:
+    data = memoryview(b"\x90" * 10 + b"\x0f\x01\xef")[5:]
+    assert [h.offset for h in find_pkru_writers(data)] == [5]
 
 
 def test_wrpkru_only_mode() -> None:

@@ -52,7 +52,7 @@ class AllowEntry:
 
 
 class AllowList:
-    """Parsed allow-list; ``allows`` answers whether one hit is accepted."""
+    """Parsed allow-list; ``allows`` returns whether one hit is accepted."""
 
     def __init__(self, entries: list[AllowEntry] | None = None) -> None:
         self.entries = entries or []

@@ -3,8 +3,8 @@
 An attack runs on a fresh ``Machine`` through the ``User`` interface only.
 It succeeds when the oracle records any violation. ``rule`` names the rule
 that stops it. A few attacks aim at a value (a PKRU) that a second, later
-check also catches; those list that check in ``backstops``, and the tests
-show the attack gets through only with both switched off.
+check also catches. Those attacks list that check in ``backstops``, and the
+tests show that such an attack gets through only with both switched off.
 """
 
 from __future__ import annotations
@@ -277,7 +277,8 @@ def other_thread_pkru(u: User) -> None:
     u.syscall(k.NR_PKEY_MPROTECT, private, PAGE_SIZE, PROT_RW, pkey)
     me = m.current
     other = m.kernel.create_thread(rip=u.stop)
-    # This thread gives up the key; the other thread keeps it and says so last.
+    # This thread gives up the key. The other thread keeps it and sets its
+    # rights last, so the per-CPU slot contains its PKRU.
     u.syscall(k.NR_PKEY_SET, pkey, pk.PKEY_DISABLE_ACCESS)
     assert me is not None
     m.host.preempt(other.tid)

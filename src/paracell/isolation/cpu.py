@@ -33,7 +33,7 @@ XSAVE_AREA_BYTES = XSAVE_PKRU_OFFSET + 8
 
 
 class MemoryPort(Protocol):
-    """How the CPU reaches memory; the machine adds checks and the oracle."""
+    """Memory access path of the CPU; the machine adds checks and the oracle."""
 
     def fetch(self, address: int) -> int: ...
 
@@ -318,6 +318,8 @@ class Cpu:
         reg |= (rex >> 2 & 1) << 3
         if mod == 3:
             return _ModRM(mod, reg, rm | (rex & 1) << 3, None)
+
+        # Memory operand: SIB, RIP-relative or base register, then displacement.
         regs = self.regs
         address = 0
         rip_relative = False
@@ -335,6 +337,7 @@ class Cpu:
             address += _s32(dec.imm(4))
         else:
             address += regs[rm | (rex & 1) << 3]
+
         if mod == 1:
             address += _s8(dec.byte())
         elif mod == 2:

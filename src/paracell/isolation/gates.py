@@ -3,10 +3,11 @@
 Three gates share the gate page:
 
 entry
-    ``mov r11, rax`` (keep the system-call number), zero ECX and EDX, load the
-    kernel PKRU into EAX, WRPKRU, then RDPKRU and compare with the kernel
-    value (abort on a mismatch), save the user RSP, switch to the kernel stack
-    and jump to the kernel's dispatcher.
+    ``mov r11, rax`` keeps the system-call number. Then it zeroes ECX and
+    EDX, loads the kernel PKRU into EAX and runs WRPKRU. RDPKRU and a compare
+    with the kernel value follow (abort on a mismatch). Last, it saves the
+    user RSP, switches to the kernel stack and jumps to the kernel's
+    dispatcher.
 exit
     Restore the user RSP, load the thread's user PKRU from per-CPU data,
     WRPKRU, then RDPKRU and test that the kernel key is access-disabled (abort

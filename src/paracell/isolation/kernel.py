@@ -154,7 +154,7 @@ class Kernel:
             )
             if stray:
                 raise ModelError(
-                    f"kernel text at {base:#x} holds PKRU writers outside the gates: "
+                    f"kernel text at {base:#x} contains PKRU writers outside gates: "
                     + ", ".join(f"{a:#x}" for a in stray)
                 )
 
@@ -376,10 +376,10 @@ class Kernel:
         """Restore the context in the frame at the user stack pointer.
 
         The frame is copied into kernel memory once, so the checks and the
-        restore see the same bytes. The FPU state is restored by the XRSTOR
-        gate with PKRU left out of the requested features; the thread keeps the
-        user PKRU the kernel recorded (rule sigreturn-pkru). Without that rule
-        the kernel behaves as Linux does and takes PKRU from the frame.
+        restore see the same bytes. The XRSTOR gate restores the FPU state with
+        PKRU left out of the requested features. The thread keeps the user PKRU
+        the kernel recorded (rule sigreturn-pkru). Without that rule the kernel
+        behaves as Linux does and takes PKRU from the frame.
         """
         m = self.machine
         thread = m.thread

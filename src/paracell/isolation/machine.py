@@ -1,11 +1,11 @@
 """The modelled vCPU, its threads, and the oracle that judges every step.
 
 ``Machine`` owns the address space, the one vCPU, the container kernel and
-the host. It runs the current thread instruction by instruction, hands
-control to the kernel's Python code when execution reaches kernel text, and
-records a ``Violation`` whenever the ground truth (who owns a page, whether
-control entered the kernel through a gate) disagrees with what the
-mechanisms allowed:
+the host. It runs the current thread instruction by instruction and hands
+control to the kernel's Python code when execution reaches kernel text.
+It records a ``Violation`` whenever the ground truth disagrees with what the
+mechanisms allowed. The ground truth is who owns a page and whether control
+entered the kernel through a gate. The kinds are:
 
 ``user-accessed-kernel-page``
     A data access in user mode succeeded on a kernel-owned page.
@@ -23,10 +23,10 @@ mechanisms allowed:
 ``pkru-writer-outside-gates``
     WRPKRU or XRSTOR changed PKRU at an address other than the gates' own.
 
-User mode and kernel mode are the model's ground truth, not a CPU state: a
+User mode and kernel mode are the model's ground truth, not a CPU state. A
 thread enters kernel mode when the entry gate (or the XRSTOR gate) jumps into
 kernel text with a PKRU that opens the kernel key, or when the host forwards
-an event, and it returns to user mode when the exit gate returns or the host
+an event. It returns to user mode when the exit gate returns or the host
 performs an event return.
 """
 
@@ -221,6 +221,7 @@ class Machine:
                 self.gates.xrstor_dispatch, self.kernel.xrstor_continue
             )
             return
+
         thread = self.thread
         if thread.mode is Mode.USER and not self.on_gate_page(rip):
             self._check_user_rights(thread)

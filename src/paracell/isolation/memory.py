@@ -5,8 +5,8 @@ user-mode page (U/S = 1) because the container kernel runs in ring 3, as in
 PVM; that is why PKU, and not SMAP or PKS, is what keeps them apart.
 
 Each page records who owns it. Ownership is the model's ground truth for
-judging attacks; the protection key is the mechanism that enforces it, and an
-attack succeeds exactly when the two disagree.
+judging attacks, and the protection key is the mechanism that enforces it.
+An attack succeeds exactly when the two disagree.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Prot(enum.IntFlag):
 
 
 class Owner(enum.Enum):
-    """Who a page belongs to; only ``USER`` pages may be touched by user code."""
+    """Owner of a page; only ``USER`` pages may be touched by user code."""
 
     USER = "user"
     KERNEL = "kernel"
@@ -141,7 +141,7 @@ class AddressSpace:
         self.write_raw(address, data)
 
     def read_raw(self, address: int, size: int) -> bytes:
-        """Return bytes without any check, as the host or the oracle sees them."""
+        """Return bytes without any check, as the host or the oracle reads them."""
         out = bytearray()
         for base in self._touched_pages(address, size):
             page = self.page(base)

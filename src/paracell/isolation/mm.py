@@ -76,13 +76,13 @@ class MemoryManager:
             return False
         return True
 
-    def _note_kernel_pages(self, address: int, nr_pages: int, what: str) -> None:
+    def _note_kernel_pages(self, address: int, nr_pages: int, call_name: str) -> None:
         owners = self.machine.memory.owners(address, nr_pages * PAGE_SIZE)
         kernel_owners = sorted(o.value for o in owners if o.kernel_owned)
         if kernel_owners:
             self.machine.violate(
                 "kernel-page-changed-for-user",
-                f"{what} changed {', '.join(kernel_owners)} pages at {address:#x}",
+                f"{call_name} changed {', '.join(kernel_owners)} pages at {address:#x}",
             )
 
     def scan(self, address: int, nr_pages: int) -> list[int]:
@@ -177,14 +177,17 @@ class MemoryManager:
         prot_flags = Prot(prot)
         if not self._wx_allowed(prot_flags):
             return -EACCES
-        what = "pkey_mprotect" if pkey is not None else "mprotect"
-        self._note_kernel_pages(address, nr_pages, what)
+
+        call_name = "pkey_mprotect" if pkey is not None else "mprotect"
+        self._note_kernel_pages(address, nr_pages, call_name)
         before = [(page.prot, page.pkey) for page in pages]  # type: ignore[union-attr]
         for page in pages:
             assert page is not None
             page.prot = prot_flags
             if pkey is not None:
                 page.pkey = pkey
+
+        # Pages that become executable are rescanned; a hit undoes the change.
         if (
             Prot.EXEC in prot_flags
             and m.enabled("exec-rescan")

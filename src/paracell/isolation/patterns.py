@@ -19,13 +19,9 @@ a jump can land after them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
-
-import numpy as np
-
-#: Bytes scanned per numpy pass; bounds the temporary arrays to a few times this.
-CHUNK_BYTES = 16 << 20
 
 
 class WriterKind(StrEnum):
@@ -39,6 +35,19 @@ class WriterKind(StrEnum):
 #: Length of the opcode bytes plus ModRM that identify each kind.
 SIGNATURE_BYTES = 3
 
+# ModRM bytes with mod != 3 and the given reg field: reg 5 is XRSTOR under
+# 0F AE, reg 3 is XRSTORS under 0F C7.
+_XRSTOR_MODRM = rb"[\x28-\x2f\x68-\x6f\xa8-\xaf]"
+_XRSTORS_MODRM = rb"[\x18-\x1f\x58-\x5f\x98-\x9f]"
+# NOTE: re's search for the literal 0x0F prefix runs at about 600 MB/s here,
+# faster than a numpy version of the same test (benchmarks/bench_scan.py).
+# No match can contain a 0x0F after its first byte, so the non-overlapping
+# matches of finditer are all the matches.
+_ALL_WRITERS = re.compile(
+    rb"\x0f(?:(\x01\xef)|(\xae" + _XRSTOR_MODRM + rb")|(\xc7" + _XRSTORS_MODRM + rb"))"
+)
+_WRPKRU_ONLY = re.compile(rb"\x0f(\x01\xef)")
+
 
 @dataclass(frozen=True, order=True)
 class PatternHit:
@@ -46,7 +55,7 @@ class PatternHit:
 
     ``offset`` is the position of the ``0F`` byte. ``rex_w`` is true when the
     byte before it is a REX prefix with W set, so a decoder starting one byte
-    earlier sees the 64-bit form (XRSTOR64, XRSTORS64).
+    earlier decodes the 64-bit form (XRSTOR64, XRSTORS64).
     """
 
     offset: int
@@ -61,68 +70,24 @@ class PatternHit:
 
 
 def find_pkru_writers(
-    data: bytes | bytearray | memoryview | np.ndarray,
-    *,
-    include_xrstor: bool = True,
-    limit: int | None = None,
+    data: bytes | bytearray | memoryview, *, include_xrstor: bool = True
 ) -> list[PatternHit]:
-    """Return every WRPKRU, XRSTOR and XRSTORS byte sequence in ``data``.
+    """Return every WRPKRU, XRSTOR and XRSTORS byte sequence in ``data``, by offset.
 
-    Hits are sorted by offset. A sequence must lie entirely inside ``data``;
-    callers that scan a region in pieces pass two bytes of overlap. With
-    ``include_xrstor`` false only WRPKRU is searched. ``limit`` stops the
-    search after that many hits.
+    A sequence must lie entirely inside ``data``; callers that scan a region
+    in pieces pass two bytes of overlap. With ``include_xrstor`` false only
+    WRPKRU is searched.
     """
-    array = (
-        np.frombuffer(data, dtype=np.uint8)
-        if not isinstance(data, np.ndarray)
-        else data
-    )
-    hits: list[PatternHit] = []
-    total = int(array.size)
-    start = 0
-    while start < total - (SIGNATURE_BYTES - 1):
-        # Each chunk owns the 0F bytes in [start, end) and reads two bytes past end.
-        end = min(start + CHUNK_BYTES, total - (SIGNATURE_BYTES - 1))
-        # One byte of look-behind lets a hit at the chunk start see its REX prefix.
-        lead = 1 if start > 0 else 0
-        window = array[start - lead : end + SIGNATURE_BYTES - 1]
-        hits.extend(_scan_window(window, start - lead, lead, include_xrstor))
-        if limit is not None and len(hits) >= limit:
-            return hits[:limit]
-        start = end
-    return hits
-
-
-def _scan_window(
-    window: np.ndarray, base: int, lead: int, include_xrstor: bool
-) -> list[PatternHit]:
-    # NOTE: vectorised for speed; 0x0F is about 1-3 % of x86 code bytes, so the
-    # gathers after flatnonzero touch a small fraction of the window.
-    candidates = np.flatnonzero(window[lead:-2] == 0x0F) + lead
-    if candidates.size == 0:
-        return []
-    second = window[candidates + 1]
-    modrm = window[candidates + 2]
-    is_wrpkru = (second == 0x01) & (modrm == 0xEF)
-    if include_xrstor:
-        memory_operand = (modrm >> 6) != 3
-        reg = (modrm >> 3) & 7
-        is_xrstor = (second == 0xAE) & memory_operand & (reg == 5)
-        is_xrstors = (second == 0xC7) & memory_operand & (reg == 3)
-        selected = is_wrpkru | is_xrstor | is_xrstors
-    else:
-        is_xrstor = is_xrstors = np.zeros_like(is_wrpkru)
-        selected = is_wrpkru
-    hits: list[PatternHit] = []
-    for index in np.flatnonzero(selected):
-        local = int(candidates[index])
-        if is_wrpkru[index]:
+    pattern = _ALL_WRITERS if include_xrstor else _WRPKRU_ONLY
+    hits = []
+    for match in pattern.finditer(data):
+        offset = match.start()
+        if match.lastindex == 1:
             kind = WriterKind.WRPKRU
-        elif is_xrstor[index]:
+        elif match.lastindex == 2:
             kind = WriterKind.XRSTOR
         else:
             kind = WriterKind.XRSTORS
-        rex_w = local > 0 and (int(window[local - 1]) & 0xF8) == 0x48
-        hits.append(PatternHit(base + local, kind, rex_w))
+        rex_w = offset > 0 and (data[offset - 1] & 0xF8) == 0x48
+        hits.append(PatternHit(offset, kind, rex_w))
     return hits

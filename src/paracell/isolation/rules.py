@@ -16,7 +16,7 @@ class Rule:
     name: str
     #: The rule as a sentence: what the system guarantees.
     text: str
-    #: Who enforces it: the CPU, the gate code, the container kernel, the host.
+    #: Enforcer: the CPU, the gate code, the container kernel or the host.
     enforcer: str
 
 

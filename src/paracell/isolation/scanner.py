@@ -86,7 +86,7 @@ class ScanHit:
     symbol: str | None
     #: False when the byte lies in the page rounding around a segment.
     in_segment: bool
-    #: What executes when a jump lands on the hit's first byte.
+    #: Instruction that runs when a jump lands on the hit's first byte.
     instruction: str
     #: Whether a linear disassembly has an instruction starting at the hit.
     aligned: bool
@@ -125,6 +125,8 @@ class ScanReport:
     hits: list[ScanHit] = field(default_factory=list)
     #: Executable bytes searched, summed over files.
     bytes_scanned: int = 0
+    #: Paths of the files that were scanned, in scan order.
+    scanned_paths: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     def skipped_by_reason(self) -> dict[str, int]:
@@ -235,6 +237,7 @@ class ElfScanner:
             self._skip(path, f"unreadable: {exc.strerror or exc}")
             return
         self.report.files_scanned += 1
+        self.report.scanned_paths.append(str(path))
         self.report.hits.extend(hits)
 
     def _scan_segments(
@@ -271,6 +274,8 @@ class ElfScanner:
     ) -> ScanHit:
         vaddr = hit.offset + segment.vaddr_delta
         symbol, symbol_start = names.symbol_at(vaddr)
+
+        # Decode from the function start when it is close, else a little before.
         decode_from = hit.offset - DECODE_LEAD_BYTES
         if (
             symbol_start is not None
@@ -278,6 +283,7 @@ class ElfScanner:
         ):
             decode_from = symbol_start - segment.vaddr_delta
         decode_from = max(decode_from, segment.file_start)
+
         # capstone decodes its whole input before yielding, so bound it.
         at_hit_end = min(segment.file_end, hit.offset + MAX_INSTRUCTION_BYTES)
         at_hit = _decode(data, hit.offset, at_hit_end, segment.vaddr_delta, limit=1)
@@ -290,6 +296,7 @@ class ElfScanner:
             ),
             segment.vaddr_delta,
         )
+
         hit_lo, hit_hi = vaddr, vaddr + 3
         overlapping = [
             i for i in linear if i.address < hit_hi and i.address + len(i.raw) > hit_lo
@@ -351,6 +358,7 @@ def _executable_segments(stream: BinaryIO, size: int) -> list[_Segment] | str:
         return f"truncated: program headers end at {table_end}, file has {size} bytes"
     stream.seek(header["e_phoff"])
     table = stream.read(header["e_phnum"] * header["e_phentsize"])
+
     segments: list[_Segment] = []
     for index in range(header["e_phnum"]):
         start_byte = index * header["e_phentsize"]
@@ -369,6 +377,11 @@ def _executable_segments(stream: BinaryIO, size: int) -> list[_Segment] | str:
         segments.append(_Segment(file_start, file_end, start, start + filesz, delta))
     if not segments:
         return "no executable segment"
+    return _merge_segments(segments)
+
+
+def _merge_segments(segments: list[_Segment]) -> list[_Segment]:
+    """Merge segments whose page-rounded file ranges overlap."""
     segments.sort(key=lambda s: s.file_start)
     merged = [segments[0]]
     for segment in segments[1:]:

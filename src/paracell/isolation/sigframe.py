@@ -1,10 +1,11 @@
 """Layout of the signal frame the container kernel writes on the user stack.
 
-It follows the shape of Linux's x86-64 rt_sigframe: the handler's return
-address (the restorer, which calls rt_sigreturn), the signal number, the
-interrupted registers, and a standard-format XSAVE area whose PKRU component
-holds the interrupted PKRU. The frame is user memory, so everything in it is
-attacker-controlled by the time rt_sigreturn reads it back.
+It follows the shape of Linux's x86-64 rt_sigframe. It contains the
+handler's return address (the restorer, which calls rt_sigreturn), the
+signal number and the interrupted registers. A standard-format XSAVE area
+follows, and its PKRU component stores the interrupted PKRU. The frame is
+user memory, so everything in it is attacker-controlled by the time
+rt_sigreturn reads it back.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a container user can do: load code, set registers, jump, call the gate.
+"""The container user's powers: load code, set registers, jump, call the gate.
 
 Attacks and property tests act only through this class, so they have exactly
 the powers of user code: choose any register values, jump to any address,
