@@ -498,3 +498,32 @@ def test_kernel_text_has_no_stray_writers() -> None:
         m.memory, layout.KERNEL_TEXT, end, sanctioned, ALL_RULES
     )
     assert found == []
+
+
+def test_gate_jump_enters_kernel_mode() -> None:
+    # A run that stops right after the entry gate's final jump has entered
+    # the kernel; the host lets it finish before anything else runs.
+    m = Machine()
+    u = User(m)
+    u.push(u.stop)
+    assert u.jump(m.gates.entry, max_steps=11, rax=k.NR_GETPID) == "steps"
+    assert m.regs.rip == layout.KERNEL_DISPATCH
+    assert m.thread.mode is Mode.KERNEL
+    m.settle()
+    assert m.thread.mode is Mode.USER
+    assert m.regs.pkru == pk.PKRU_LINUX_DEFAULT
+    assert m.violations == []
+
+
+def test_exit_gate_lets_user_pick_user_keys() -> None:
+    # The exit check can only test constants: after its WRPKRU the gate can no
+    # longer read kernel memory. So user code can install any PKRU that keeps
+    # the kernel key closed, as user code on Linux can run WRPKRU itself.
+    m = Machine()
+    u = User(m)
+    u.push(u.stop)
+    chosen = pk.ad_bit(pk.KERNEL_PKEY)
+    assert u.jump(m.gates.exit_wrpkru, rax=chosen, rcx=0, rdx=0) == "stop"
+    assert m.regs.pkru == chosen
+    assert m.thread.user_pkru == pk.PKRU_LINUX_DEFAULT
+    assert m.violations == []

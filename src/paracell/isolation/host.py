@@ -137,6 +137,7 @@ class Host:
             )
             m.kill_thread(thread.tid, "event return would open the kernel key")
             return False
+        m.check_returned_pkru(thread, user_pkru)
         m.load_context(thread, ctx)
         m.regs.pkru = user_pkru
         thread.mode = Mode.USER

@@ -12,7 +12,8 @@ entered the kernel through a gate. The kinds are:
 ``user-mode-with-kernel-rights``
     Code outside the gates ran in user mode with a PKRU that opens the kernel key.
 ``thread-pkru-mismatch``
-    A thread ran user code with a PKRU other than the one its kernel recorded.
+    The kernel returned a thread to user mode with a PKRU other than the one
+    it recorded for that thread.
 ``kernel-ran-with-foreign-pkru``
     Kernel code was entered with kernel rights but a PKRU other than the kernel value.
 ``kernel-stack-not-kernel-owned``
@@ -24,9 +25,9 @@ entered the kernel through a gate. The kinds are:
     WRPKRU or XRSTOR changed PKRU at an address other than the gates' own.
 
 User mode and kernel mode are the model's ground truth, not a CPU state. A
-thread enters kernel mode when the entry gate (or the XRSTOR gate) jumps into
-kernel text with a PKRU that opens the kernel key, or when the host forwards
-an event. It returns to user mode when the exit gate returns or the host
+thread enters kernel mode when the entry gate (or the XRSTOR gate) executes
+its jump into kernel text with a PKRU that opens the kernel key, or when the
+host forwards an event. It returns to user mode when the exit gate returns or the host
 performs an event return.
 """
 
@@ -212,14 +213,10 @@ class Machine:
         """Execute one instruction, or one piece of kernel code, of the thread."""
         rip = self.regs.rip
         if rip == layout.KERNEL_DISPATCH:
-            self._enter_kernel_text(
-                self.gates.entry_dispatch, self.kernel.syscall_entry
-            )
+            self._enter_kernel_text(self.kernel.syscall_entry)
             return
         if rip == layout.KERNEL_XRSTOR_CONTINUE:
-            self._enter_kernel_text(
-                self.gates.xrstor_dispatch, self.kernel.xrstor_continue
-            )
+            self._enter_kernel_text(self.kernel.xrstor_continue)
             return
 
         thread = self.thread
@@ -249,6 +246,9 @@ class Machine:
             self._trap(trap)
         elif rip == self.gates.exit_ret and thread.mode is Mode.KERNEL:
             thread.mode = Mode.USER
+            self.check_returned_pkru(thread, self.regs.pkru)
+        elif rip in (self.gates.entry_dispatch, self.gates.xrstor_dispatch):
+            self._through_gate(thread, rip)
 
     def settle(self) -> None:
         """Let the thread leave the gate page, as the host does before preempting."""
@@ -271,30 +271,42 @@ class Machine:
                 "user-mode-with-kernel-rights",
                 f"user code at {self.regs.rip:#x} runs with PKRU {pk.describe(pkru)}",
             )
-        elif pkru != thread.user_pkru:
+
+    def check_returned_pkru(self, thread: Thread, pkru: int) -> None:
+        """Record a violation if a kernel return gives ``thread`` a PKRU not its own.
+
+        User code can itself install any PKRU that keeps the kernel key closed,
+        by jumping to the exit gate's WRPKRU, so only the kernel's own returns
+        are held to the thread's recorded value.
+        """
+        if pkru != thread.user_pkru and not pk.allows_kernel(pkru):
             self.violate(
                 "thread-pkru-mismatch",
-                f"thread {thread.tid} runs with PKRU {pkru:#010x}, "
+                f"thread {thread.tid} returned to user mode with PKRU {pkru:#010x}, "
                 f"its recorded PKRU is {thread.user_pkru:#010x}",
             )
 
-    def _enter_kernel_text(self, gate_jump: int, handler: object) -> None:
+    def _through_gate(self, thread: Thread, jump: int) -> None:
+        # The gate's final jump into kernel text enters kernel mode, but only
+        # with a PKRU that opens the kernel key; otherwise the kernel code that
+        # follows runs with user rights.
+        if thread.mode is not Mode.USER or not pk.allows_kernel(self.regs.pkru):
+            return
+        thread.mode = Mode.KERNEL
+        if self.regs.pkru != pk.KERNEL_PKRU:
+            self.violate(
+                "kernel-ran-with-foreign-pkru",
+                f"gate jump at {jump:#x} entered the kernel with PKRU "
+                f"{self.regs.pkru:#010x}, not the kernel value {pk.KERNEL_PKRU:#010x}",
+            )
+        if jump == self.gates.entry_dispatch:
+            self._check_kernel_stack()
+
+    def _enter_kernel_text(self, handler: object) -> None:
         thread = self.thread
         rip = self.regs.rip
-        through_gate = self._prev_rip == gate_jump
-        if through_gate and pk.allows_kernel(self.regs.pkru):
-            thread.mode = Mode.KERNEL
-            if self.regs.pkru != pk.KERNEL_PKRU:
-                self._exec_rip = rip
-                self.violate(
-                    "kernel-ran-with-foreign-pkru",
-                    f"kernel code at {rip:#x} entered with PKRU "
-                    f"{self.regs.pkru:#010x}, "
-                    f"not the kernel value {pk.KERNEL_PKRU:#010x}",
-                )
-            if rip == layout.KERNEL_DISPATCH:
-                self._check_kernel_stack()
-        elif thread.mode is Mode.USER:
+        if thread.mode is Mode.USER:
+            # Reached without passing a gate: the kernel code runs as user code.
             self._check_user_rights(thread)
         self._exec_rip = rip
         self._prev_rip = rip
