@@ -15,8 +15,9 @@ Each entry is ``FILE:WHERE``, split at the last colon:
 Example::
 
     # glibc's pkey_set(3) and the dynamic linker's lazy-binding trampolines
+    # (Debian's ld.so has no symbols for them, so they are named by offset)
     libc.so.6:pkey_set
-    ld-linux-x86-64.so.2:_dl_runtime_resolve_xsave
+    ld-linux-x86-64.so.2:0x12254
     /opt/app/bin/server:0x4a2f10
 """
 
@@ -27,10 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from paracell.errors import ParacellError
-
-
-class AllowListError(ParacellError):
-    """The allow-list file is missing, unreadable or has a malformed line."""
 
 
 @dataclass(frozen=True)
@@ -59,11 +56,11 @@ class AllowList:
 
     @classmethod
     def load(cls, path: Path) -> AllowList:
-        """Parse ``path``; raise ``AllowListError`` naming the line on a bad entry."""
+        """Parse ``path``; raise ``ParacellError`` naming the line of a bad entry."""
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise AllowListError(
+            raise ParacellError(
                 f"{path}: cannot read the allow-list ({exc})",
                 hint="pass a readable UTF-8 text file to --allow",
             ) from None
@@ -78,13 +75,13 @@ class AllowList:
                 continue
             pattern, sep, where = line.rpartition(":")
             if not sep or not pattern or not where:
-                raise AllowListError(
+                raise ParacellError(
                     f"{source}: line {number}: entry {raw.strip()!r} is not FILE:WHERE",
                     hint="WHERE is a file offset, a function symbol or *",
                 )
             offset = _parse_offset(where)
             if offset is None and any(ch.isspace() for ch in where):
-                raise AllowListError(
+                raise ParacellError(
                     f"{source}: line {number}: symbol {where!r} contains a space",
                     hint="WHERE is a file offset, a function symbol or *",
                 )

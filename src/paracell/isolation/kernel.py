@@ -260,7 +260,13 @@ class Kernel:
         self._user_rsp = self.load_u64(layout.PERCPU_USER_RSP)
         thread = m.thread
         if tid != thread.tid:
-            raise ModelError(f"per-CPU data names thread {tid}, vCPU runs {thread.tid}")
+            # Only a forged per-CPU page gets here (rules switched off).
+            m.note(
+                "kernel-oops",
+                f"per-CPU data names thread {tid}, vCPU runs {thread.tid}",
+            )
+            m.kill_container("container kernel found corrupt per-CPU data")
+            return
         nr = regs[asm.R11]
         args = (regs[asm.RDI], regs[asm.RSI], regs[asm.R10], regs[asm.R8])
         handler = self.syscalls.get(nr)
