@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paracell.isolation import patterns
 from paracell.isolation.patterns import WriterKind, find_pkru_writers
 
 WRITER_MNEMONICS = {"wrpkru", "xrstor", "xrstor64", "xrstors", "xrstors64"}
@@ -60,6 +61,23 @@ def test_adjacent_and_overlapping_candidates() -> None:
         (6, WriterKind.XRSTOR, False),
         (10, WriterKind.XRSTOR, True),
     ]
+
+
+def test_chunk_boundaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sequences across the 8-byte chunk edges at 8 and 24, and a REX prefix
+    # just before the edge at 40.
+    data = bytearray(b"\x90" * 64)
+    for offset in (6, 13, 22, 61):
+        data[offset : offset + 3] = b"\x0f\x01\xef"
+    data[39:43] = b"\x48\x0f\xae\x2f"
+    expected = find_pkru_writers(bytes(data))
+    monkeypatch.setattr(patterns, "CHUNK_BYTES", 8)
+    chunked = find_pkru_writers(bytes(data))
+    assert chunked == expected
+    wrpkru = [h.offset for h in chunked if h.kind is WriterKind.WRPKRU]
+    assert wrpkru == [6, 13, 22, 61]
+    xrstor = [(h.offset, h.rex_w) for h in chunked if h.kind is WriterKind.XRSTOR]
+    assert xrstor == [(40, True)]
 
 
 def test_memoryview_of_a_slice() -> None:

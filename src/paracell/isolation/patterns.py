@@ -19,9 +19,14 @@ a jump can land after them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+import numpy as np
+
+#: Bytes searched per numpy pass. 1 MiB measured fastest of 256 KiB to
+#: 16 MiB on /usr/lib/x86_64-linux-gnu, and it bounds the temporary arrays.
+CHUNK_BYTES = 1 << 20
 
 
 class WriterKind(StrEnum):
@@ -34,19 +39,6 @@ class WriterKind(StrEnum):
 
 #: Length of the opcode bytes plus ModRM that identify each kind.
 SIGNATURE_BYTES = 3
-
-# ModRM bytes with mod != 3 and the given reg field: reg 5 is XRSTOR under
-# 0F AE, reg 3 is XRSTORS under 0F C7.
-_XRSTOR_MODRM = rb"[\x28-\x2f\x68-\x6f\xa8-\xaf]"
-_XRSTORS_MODRM = rb"[\x18-\x1f\x58-\x5f\x98-\x9f]"
-# NOTE: re's search for the literal 0x0F prefix runs at about 600 MB/s here,
-# faster than a numpy version of the same test (benchmarks/bench_scan.py).
-# No match can contain a 0x0F after its first byte, so the non-overlapping
-# matches of finditer are all the matches.
-_ALL_WRITERS = re.compile(
-    rb"\x0f(?:(\x01\xef)|(\xae" + _XRSTOR_MODRM + rb")|(\xc7" + _XRSTORS_MODRM + rb"))"
-)
-_WRPKRU_ONLY = re.compile(rb"\x0f(\x01\xef)")
 
 
 @dataclass(frozen=True, order=True)
@@ -78,16 +70,50 @@ def find_pkru_writers(
     in pieces pass two bytes of overlap. With ``include_xrstor`` false only
     WRPKRU is searched.
     """
-    pattern = _ALL_WRITERS if include_xrstor else _WRPKRU_ONLY
-    hits = []
-    for match in pattern.finditer(data):
-        offset = match.start()
-        if match.lastindex == 1:
+    array = np.frombuffer(data, dtype=np.uint8)
+    last_start = int(array.size) - (SIGNATURE_BYTES - 1)
+    hits: list[PatternHit] = []
+    start = 0
+    while start < last_start:
+        # Each chunk owns the 0F bytes in [start, end) and reads two bytes past
+        # end, plus one byte before start for a REX prefix.
+        end = min(start + CHUNK_BYTES, last_start)
+        lead = 1 if start > 0 else 0
+        window = array[start - lead : end + SIGNATURE_BYTES - 1]
+        hits.extend(_scan_window(window, start - lead, lead, include_xrstor))
+        start = end
+    return hits
+
+
+def _scan_window(
+    window: np.ndarray, base: int, lead: int, include_xrstor: bool
+) -> list[PatternHit]:
+    # NOTE: vectorised. In interleaved runs over /usr/lib/x86_64-linux-gnu it
+    # measured as fast as a re search for the same bytes or up to 1.7 times
+    # faster (benchmarks/bench_scan.py). 0x0F is a few per cent of x86 code
+    # bytes, so the gathers touch a small part of the window.
+    candidates = np.flatnonzero(window[lead:-2] == 0x0F) + lead
+    if candidates.size == 0:
+        return []
+    second = window[candidates + 1]
+    modrm = window[candidates + 2]
+    is_wrpkru = (second == 0x01) & (modrm == 0xEF)
+    # XRSTOR is 0F AE /5 and XRSTORS 0F C7 /3, both with a memory operand.
+    memory_operand = (modrm >> 6) != 3
+    reg = (modrm >> 3) & 7
+    is_xrstor = (second == 0xAE) & memory_operand & (reg == 5) & include_xrstor
+    is_xrstors = (second == 0xC7) & memory_operand & (reg == 3) & include_xrstor
+    selected = np.flatnonzero(is_wrpkru | is_xrstor | is_xrstors)
+
+    hits: list[PatternHit] = []
+    for index in selected:
+        local = int(candidates[index])
+        if is_wrpkru[index]:
             kind = WriterKind.WRPKRU
-        elif match.lastindex == 2:
+        elif is_xrstor[index]:
             kind = WriterKind.XRSTOR
         else:
             kind = WriterKind.XRSTORS
-        rex_w = offset > 0 and (data[offset - 1] & 0xF8) == 0x48
-        hits.append(PatternHit(offset, kind, rex_w))
+        rex_w = local > 0 and (int(window[local - 1]) & 0xF8) == 0x48
+        hits.append(PatternHit(base + local, kind, rex_w))
     return hits
