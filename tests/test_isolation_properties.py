@@ -345,6 +345,7 @@ def test_properties_fail_without_rule(rule_name: str) -> None:
         stateful_step_count=20,
         deadline=None,
         database=None,
+        derandomize=True,
         phases=[Phase.generate],
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),
