@@ -1,0 +1,1 @@
+"""Models that replay traces: runtime latency and guest memory."""
