@@ -41,8 +41,9 @@ def write(builder: TraceBuilder, tmp_path: Path, end_s: float):
     return load_trace(path)
 
 
-def run(trace, placement: str | None = None, overrides: dict | None = None,
-        policies=None) -> MemoryReport:
+def run(
+    trace, placement: str | None = None, overrides: dict | None = None, policies=None
+) -> MemoryReport:
     costs = costs_with({**SCENARIO_COSTS, **(overrides or {})})
     kwargs = {} if policies is None else {"policies": policies}
     return evaluate(trace, costs, placement=placement, **kwargs)

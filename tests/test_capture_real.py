@@ -27,25 +27,47 @@ pytestmark = [
 ]
 
 # Files and events whose state a capture must leave as it found it.
-_STATE_FILES = ["tracing_on", "set_event", "current_tracer", "trace_clock",
-                "buffer_size_kb", "buffer_percent", "set_event_pid",
-                "set_event_notrace_pid", "options/event-fork", "options/overwrite"]
-_STATE_EVENTS = ["raw_syscalls/sys_enter", "raw_syscalls/sys_exit",
-                 "exceptions/page_fault_user", "sched/sched_switch", "task/task_newtask",
-                 "kmem/mm_page_alloc", "kmem/mm_page_free", "kmem/mm_page_free_batched",
-                 "kmem/mm_page_alloc_zone_locked", "kmem/mm_page_pcpu_drain"]
+_STATE_FILES = [
+    "tracing_on",
+    "set_event",
+    "current_tracer",
+    "trace_clock",
+    "buffer_size_kb",
+    "buffer_percent",
+    "set_event_pid",
+    "set_event_notrace_pid",
+    "options/event-fork",
+    "options/overwrite",
+]
+_STATE_EVENTS = [
+    "raw_syscalls/sys_enter",
+    "raw_syscalls/sys_exit",
+    "exceptions/page_fault_user",
+    "sched/sched_switch",
+    "task/task_newtask",
+    "kmem/mm_page_alloc",
+    "kmem/mm_page_free",
+    "kmem/mm_page_free_batched",
+    "kmem/mm_page_alloc_zone_locked",
+    "kmem/mm_page_pcpu_drain",
+]
 
 
 def _standard_mounts() -> list[str]:
     with open("/proc/self/mounts") as f:
-        return sorted(line for line in f
-                      if line.split()[1] in ("/sys/kernel/tracing", "/sys/kernel/debug",
-                                             "/sys/kernel/debug/tracing"))
+        return sorted(
+            line
+            for line in f
+            if line.split()[1]
+            in ("/sys/kernel/tracing", "/sys/kernel/debug", "/sys/kernel/debug/tracing")
+        )
 
 
 def tracefs_state(top) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    state = {"mounts": "".join(_standard_mounts()),
-             "instances": " ".join(top.listdir("instances"))}
+    state = {
+        "mounts": "".join(_standard_mounts()),
+        "instances": " ".join(top.listdir("instances")),
+    }
     for rel in _STATE_FILES:
         state[rel] = top.read(rel)
     for event in _STATE_EVENTS:
@@ -53,11 +75,24 @@ def tracefs_state(top) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return state
 
 
-def run_trace(out: Path, *command: str, extra: tuple[str, ...] = ()
-              ) -> subprocess.CompletedProcess[str]:
+def run_trace(
+    out: Path, *command: str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "paracell", "trace", "-o", str(out), *extra, "--", *command],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "paracell",
+            "trace",
+            "-o",
+            str(out),
+            *extra,
+            "--",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -70,7 +105,10 @@ def write_script(tmp_path: Path, name: str, body: str) -> Path:
 def test_rare_syscalls_counted_exactly(tmp_path: Path, tracefs_top) -> None:  # noqa: F811
     """A forked child and a thread make known numbers of two rare calls."""
     n_child, n_thread = 37, 23
-    script = write_script(tmp_path, "rare.py", f"""
+    script = write_script(
+        tmp_path,
+        "rare.py",
+        f"""
         import os, sys, threading
         pid = os.fork()
         if pid == 0:
@@ -86,7 +124,8 @@ def test_rare_syscalls_counted_exactly(tmp_path: Path, tracefs_top) -> None:  # 
         t.join()
         with open(sys.argv[1], "w") as f:
             f.write(f"{{os.getpid()}} {{pid}} {{t.native_id}}")
-        """)
+        """,
+    )
     ids = tmp_path / "ids"
     before = tracefs_state(tracefs_top)
     result = run_trace(tmp_path / "trace", sys.executable, str(script), str(ids))
@@ -119,7 +158,10 @@ def test_rare_syscalls_counted_exactly(tmp_path: Path, tracefs_top) -> None:  # 
 
 def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
     n_pages = 3000
-    script = write_script(tmp_path, "touch.py", f"""
+    script = write_script(
+        tmp_path,
+        "touch.py",
+        f"""
         import ctypes, mmap, os, sys
         n = {n_pages}
         m = mmap.mmap(-1, n * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -132,7 +174,8 @@ def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
         m.close()
         with open(sys.argv[1], "w") as f:
             f.write(f"{{os.getpid()}} {{addr}}")
-        """)
+        """,
+    )
     ids = tmp_path / "ids"
     result = run_trace(tmp_path / "trace", sys.executable, str(script), str(ids))
     assert result.returncode == 0, result.stderr
@@ -141,7 +184,9 @@ def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
     assert trace.manifest.lost_total == 0
     fault_addr = trace.column("page_fault_user", "address")
     fault_pid = trace.column("page_fault_user", "pid")
-    inside = (fault_pid == pid) & (fault_addr >= addr) & (fault_addr < addr + n_pages * 4096)
+    inside = (
+        (fault_pid == pid) & (fault_addr >= addr) & (fault_addr < addr + n_pages * 4096)
+    )
     assert np.unique(fault_addr[inside] // 4096).size == n_pages
     alloc_pid = trace.column("mm_page_alloc", "pid")
     alloc_order = trace.column("mm_page_alloc", "order").astype(np.int64)
@@ -156,8 +201,12 @@ def test_fresh_pages_fault_and_allocate(tmp_path: Path) -> None:
 
 def test_batched_free_follows_page_free(tmp_path: Path) -> None:
     """On this kernel a batched free repeats an mm_page_free of the same page."""
-    result = run_trace(tmp_path / "trace", sys.executable, "-c",
-                       "b = bytearray(64 << 20); b[::4096] = b'x' * (16 << 10); del b")
+    result = run_trace(
+        tmp_path / "trace",
+        sys.executable,
+        "-c",
+        "b = bytearray(64 << 20); b[::4096] = b'x' * (16 << 10); del b",
+    )
     assert result.returncode == 0, result.stderr
     trace = load_trace(tmp_path / "trace")
     free_ts = trace.column("mm_page_free", "ts_ns")
@@ -166,8 +215,10 @@ def test_batched_free_follows_page_free(tmp_path: Path) -> None:
     batched_pfn = trace.column("mm_page_free_batched", "pfn")
     assert batched_pfn.size > 1000
     last_free: dict[int, int] = {}
-    events = sorted([(t, 0, p) for t, p in zip(free_ts.tolist(), free_pfn.tolist())]
-                    + [(t, 1, p) for t, p in zip(batched_ts.tolist(), batched_pfn.tolist())])
+    events = sorted(
+        [(t, 0, p) for t, p in zip(free_ts.tolist(), free_pfn.tolist())]
+        + [(t, 1, p) for t, p in zip(batched_ts.tolist(), batched_pfn.tolist())]
+    )
     unmatched = 0
     for _, is_batched, pfn in events:
         if not is_batched:
@@ -178,8 +229,9 @@ def test_batched_free_follows_page_free(tmp_path: Path) -> None:
 
 
 def test_exit_status_passed_through(tmp_path: Path) -> None:
-    result = run_trace(tmp_path / "trace", "sh", "-c", "exit 7",
-                       extra=("--events", "syscalls"))
+    result = run_trace(
+        tmp_path / "trace", "sh", "-c", "exit 7", extra=("--events", "syscalls")
+    )
     assert result.returncode == 7, result.stderr
     trace = load_trace(tmp_path / "trace")
     assert trace.manifest.exit_status == 7
@@ -190,9 +242,20 @@ def test_exit_status_passed_through(tmp_path: Path) -> None:
 def test_sigterm_restores_tracefs(tmp_path: Path, tracefs_top) -> None:  # noqa: F811
     before = tracefs_state(tracefs_top)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paracell", "trace", "-o", str(tmp_path / "trace"),
-         "--", "sleep", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "paracell",
+            "trace",
+            "-o",
+            str(tmp_path / "trace"),
+            "--",
+            "sleep",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60

@@ -30,9 +30,14 @@ FORMAT = "name: {name}\nID: {id}\nformat:\n\tfield:int common_pid;\toffset:4;\ts
 
 
 def dry_tracefs(*missing: str) -> TraceFS:
-    files = {"events/header_page": HEADER_PAGE, "events/header_event": HEADER_EVENT,
-             "per_cpu/cpu0/stats": "", "per_cpu/cpu1/stats": "",
-             "instances/other/tracing_on": "1", "set_event_notrace_pid": ""}
+    files = {
+        "events/header_page": HEADER_PAGE,
+        "events/header_event": HEADER_EVENT,
+        "per_cpu/cpu0/stats": "",
+        "per_cpu/cpu1/stats": "",
+        "instances/other/tracing_on": "1",
+        "set_event_notrace_pid": "",
+    }
     for i, tp in enumerate([SYS_ENTER, SYS_EXIT, TASK_NEWTASK, MM_PAGE_ALLOC]):
         if tp.name not in missing:
             files[f"{tp.path}/format"] = FORMAT.format(name=tp.name, id=100 + i)
@@ -58,15 +63,22 @@ def test_setup_writes_in_order() -> None:
     assert (f"{tree}/set_event_pid", "4242") in writes
     assert (f"{system}/set_event_notrace_pid", "10 11") in writes
     enables = [p for p, v in writes if p.endswith("/enable") and v == "1"]
-    assert enables == [f"{system}/events/task/task_newtask/enable",
-                       f"{system}/events/kmem/mm_page_alloc/enable",
-                       f"{tree}/events/raw_syscalls/sys_enter/enable",
-                       f"{tree}/events/raw_syscalls/sys_exit/enable"]
+    assert enables == [
+        f"{system}/events/task/task_newtask/enable",
+        f"{system}/events/kmem/mm_page_alloc/enable",
+        f"{tree}/events/raw_syscalls/sys_enter/enable",
+        f"{tree}/events/raw_syscalls/sys_exit/enable",
+    ]
     # The pid filter is set before any event is enabled.
     assert writes.index((f"{tree}/set_event_pid", "4242")) < writes.index(
-        (f"{system}/events/task/task_newtask/enable", "1"))
-    assert writes[-4:] == [(f"{system}/tracing_on", "0"), (system, "<rmdir>"),
-                           (f"{tree}/tracing_on", "0"), (tree, "<rmdir>")]
+        (f"{system}/events/task/task_newtask/enable", "1")
+    )
+    assert writes[-4:] == [
+        (f"{system}/tracing_on", "0"),
+        (system, "<rmdir>"),
+        (f"{tree}/tracing_on", "0"),
+        (tree, "<rmdir>"),
+    ]
     # Nothing outside our instances is written.
     assert [p for p, _ in writes if not p.startswith(f"instances/paracell-{me}-")] == []
 
@@ -79,8 +91,10 @@ def test_missing_event_fails_loudly() -> None:
 
 
 def test_stats_parsed() -> None:
-    text = ("entries: 5\noverrun: 3\ncommit overrun: 1\nbytes: 100\n"
-            "oldest event ts:     0.000000\nnow ts:   717.474019\ndropped events: 4\n")
+    text = (
+        "entries: 5\noverrun: 3\ncommit overrun: 1\nbytes: 100\n"
+        "oldest event ts:     0.000000\nnow ts:   717.474019\ndropped events: 4\n"
+    )
     stats = parse_stats(text)
     assert stats["overrun"] == 3
     assert stats["dropped events"] == 4
@@ -97,7 +111,10 @@ def test_lost_events_summed_per_cpu() -> None:
 
 def test_event_selection_groups() -> None:
     assert parse_event_selection("syscalls,faults") == [
-        "syscalls", "page_fault_user", "task_newtask"]
+        "syscalls",
+        "page_fault_user",
+        "task_newtask",
+    ]
     assert "mm_page_pcpu_drain" in parse_event_selection("kmem")
     assert parse_event_selection(None)[0] == "syscalls"
     with pytest.raises(CaptureError, match="unknown kind or group 'bogus'"):

@@ -14,8 +14,12 @@ from paracell.trace.builder import TraceBuilder
 
 
 def paracell(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "paracell", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "paracell", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def good_trace(path: Path) -> Path:
@@ -29,7 +33,9 @@ def good_trace(path: Path) -> Path:
     return path
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *parts: str) -> None:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *parts: str
+) -> None:
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -42,7 +48,9 @@ def test_truncated_parquet(tmp_path: Path) -> None:
     trace = good_trace(tmp_path / "t")
     file = trace / "syscalls.parquet"
     file.write_bytes(file.read_bytes()[:100])
-    assert_one_line_error(paracell("info", str(trace)), str(file), "not a readable Parquet")
+    assert_one_line_error(
+        paracell("info", str(trace)), str(file), "not a readable Parquet"
+    )
 
 
 def test_wrong_column_type(tmp_path: Path) -> None:
@@ -50,10 +58,13 @@ def test_wrong_column_type(tmp_path: Path) -> None:
     file = trace / "syscalls.parquet"
     table = pq.read_table(file)
     nr_index = table.schema.get_field_index("nr")
-    table = table.set_column(nr_index, "nr", pa.array([str(v) for v in
-                                                      table.column("nr").to_pylist()]))
+    table = table.set_column(
+        nr_index, "nr", pa.array([str(v) for v in table.column("nr").to_pylist()])
+    )
     pq.write_table(table, file)
-    assert_one_line_error(paracell("info", str(trace)), str(file), "'nr'", "expected int32")
+    assert_one_line_error(
+        paracell("info", str(trace)), str(file), "'nr'", "expected int32"
+    )
 
 
 def test_unsorted_timestamps(tmp_path: Path) -> None:
@@ -64,8 +75,9 @@ def test_unsorted_timestamps(tmp_path: Path) -> None:
     ts[3], ts[4] = ts[4], ts[3]
     table = table.set_column(0, "ts_ns", pa.array(ts, pa.int64()))
     pq.write_table(table, file)
-    assert_one_line_error(paracell("info", str(trace)), str(file), "row 4",
-                          "not sorted")
+    assert_one_line_error(
+        paracell("info", str(trace)), str(file), "row 4", "not sorted"
+    )
 
 
 def test_missing_manifest(tmp_path: Path) -> None:
@@ -84,16 +96,19 @@ def test_manifest_count_mismatch(tmp_path: Path) -> None:
 
 def test_garbled_strace_log(tmp_path: Path) -> None:
     log = tmp_path / "bad.log"
-    log.write_text("100 1700000000.000000 getpid() = 100 <0.000001>\n"
-                   "100 1700000000.000100 ge@@tpid(\x01 garbage\n")
+    log.write_text(
+        "100 1700000000.000000 getpid() = 100 <0.000001>\n"
+        "100 1700000000.000100 ge@@tpid(\x01 garbage\n"
+    )
     result = paracell("import-strace", str(log), "-o", str(tmp_path / "t"))
     assert_one_line_error(result, f"{log}:2", "ge@@tpid")
     assert not (tmp_path / "t").exists()
 
 
 def test_unknown_event_kind(tmp_path: Path) -> None:
-    result = paracell("trace", "-o", str(tmp_path / "t"), "--events", "syscalls,nope",
-                      "--", "true")
+    result = paracell(
+        "trace", "-o", str(tmp_path / "t"), "--events", "syscalls,nope", "--", "true"
+    )
     assert_one_line_error(result, "'nope'")
 
 
@@ -116,7 +131,9 @@ def test_info_on_good_trace(tmp_path: Path) -> None:
 def test_info_text_on_shipped_trace() -> None:
     from paracell.trace import shipped_trace_paths
 
-    path = next(p for p in shipped_trace_paths() if (p / "mm_page_alloc.parquet").exists())
+    path = next(
+        p for p in shipped_trace_paths() if (p / "mm_page_alloc.parquet").exists()
+    )
     result = paracell("info", str(path))
     assert result.returncode == 0, result.stderr
     assert "peak allocated:" in result.stdout

@@ -186,6 +186,20 @@ class IsolationMachine(RuleBasedStateMachine):
         self._settle()
 
     @precondition(lambda self: self.alive)
+    @rule(data=st.data(), pkru_value=PKRU_VALUES)
+    def jump_onto_gate_writer(self, data: st.DataObject, pkru_value: int) -> None:
+        # The attacker's favourite: land on a gate's WRPKRU or XRSTOR with
+        # ECX = EDX = 0 and a chosen EAX, and a chosen return address.
+        target = data.draw(
+            st.sampled_from(sorted(self.machine.gates.sanctioned_writers))
+        )
+        if data.draw(st.booleans()):
+            self.user.push(self._address(data))
+        registers = {"rax": pkru_value, "rcx": 0, "rdx": 0, "rdi": self._value(data)}
+        self.user.jump(target, max_steps=RUN_STEPS, **registers)
+        self._settle()
+
+    @precondition(lambda self: self.alive)
     @rule(data=st.data(), nr=st.sampled_from(SYSCALLS) | st.integers(0, 1100))
     def gate_call(self, data: st.DataObject, nr: int) -> None:
         prot = st.integers(0, 7)
@@ -320,7 +334,7 @@ class IsolationMachine(RuleBasedStateMachine):
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=60,
+    max_examples=100,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -345,7 +359,6 @@ def test_properties_fail_without_rule(rule_name: str) -> None:
         stateful_step_count=20,
         deadline=None,
         database=None,
-        derandomize=True,
         phases=[Phase.generate],
         report_multiple_bugs=False,
         suppress_health_check=list(HealthCheck),

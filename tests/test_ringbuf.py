@@ -61,7 +61,9 @@ class PageWriter:
         return self
 
     def extend(self, delta: int) -> PageWriter:
-        self.data += self._word(30, delta & ((1 << 27) - 1)) + struct.pack("<I", delta >> 27)
+        self.data += self._word(30, delta & ((1 << 27) - 1)) + struct.pack(
+            "<I", delta >> 27
+        )
         return self
 
     def absolute(self, ts: int) -> PageWriter:
@@ -69,11 +71,14 @@ class PageWriter:
         return self
 
     def discarded(self, delta: int, size: int) -> PageWriter:
-        self.data += self._word(29, delta) + struct.pack("<I", size) + b"\xaa" * (size - 4)
+        self.data += (
+            self._word(29, delta) + struct.pack("<I", size) + b"\xaa" * (size - 4)
+        )
         return self
 
-    def page(self, missed: int | None = None, stored: bool = True,
-             tail_padding: bool = False) -> bytes:
+    def page(
+        self, missed: int | None = None, stored: bool = True, tail_padding: bool = False
+    ) -> bytes:
         data = bytes(self.data)
         commit = len(data)
         if tail_padding:
@@ -91,7 +96,9 @@ class PageWriter:
 
 
 def decode(*pages: bytes):  # type: ignore[no-untyped-def]
-    return decode_pages(np.frombuffer(b"".join(pages), dtype=np.uint8).copy(), PAGE, LAYOUT)
+    return decode_pages(
+        np.frombuffer(b"".join(pages), dtype=np.uint8).copy(), PAGE, LAYOUT
+    )
 
 
 def test_page_layout_parsed_from_headers() -> None:
@@ -109,13 +116,17 @@ def test_deltas_accumulate_from_page_stamp() -> None:
 
 def test_time_extend_adds_high_bits() -> None:
     big = (3 << 27) + 12345
-    page = PageWriter(100).extend(big).event(0, 1, b"\0" * 6).event(1, 1, b"\0" * 6).page()
+    page = (
+        PageWriter(100).extend(big).event(0, 1, b"\0" * 6).event(1, 1, b"\0" * 6).page()
+    )
     assert decode(page).ts_ns.tolist() == [100 + big, 101 + big]
 
 
 def test_absolute_stamp_replaces_clock() -> None:
     ts = (1 << 40) + 777
-    page = PageWriter(5).event(1, 1, b"\0" * 6).absolute(ts).event(0, 2, b"\0" * 6).page()
+    page = (
+        PageWriter(5).event(1, 1, b"\0" * 6).absolute(ts).event(0, 2, b"\0" * 6).page()
+    )
     assert decode(page).ts_ns.tolist() == [6, ts]
 
 
@@ -137,7 +148,7 @@ def test_long_record_uses_length_word() -> None:
     out = decode(PageWriter(0).event(2, 9, payload).page())
     assert out.length.tolist() == [204]  # 2-byte type id + 200, padded to 4
     start = int(out.offset[0])
-    assert out.buffer[start + 2:start + 202].tobytes() == payload
+    assert out.buffer[start + 2 : start + 202].tobytes() == payload
 
 
 def test_missed_events_stored_count() -> None:
@@ -200,14 +211,27 @@ def test_fields_gathered_by_format() -> None:
     fmt = parse_event_format(SCHED_SWITCH_FORMAT)
     assert fmt.id == 372
     assert fmt.field("prev_comm").array_len == 16
-    record = struct.pack("<BBi16siiq16sii", 0, 0, 4321, b"bash\0garbage", 4321, 120, -1,
-                         b"swapper/0", 0, 120)
+    record = struct.pack(
+        "<BBi16siiq16sii",
+        0,
+        0,
+        4321,
+        b"bash\0garbage",
+        4321,
+        120,
+        -1,
+        b"swapper/0",
+        0,
+        120,
+    )
     out = decode(PageWriter(0).event(1, 372, record).page())
     offsets = out.offset
     assert gather_field(out.buffer, offsets, fmt, "prev_pid").tolist() == [4321]
     assert gather_field(out.buffer, offsets, fmt, "prev_state").tolist() == [-1]
     assert gather_string(out.buffer, offsets, fmt, "prev_comm").tolist() == ["bash"]
-    assert gather_string(out.buffer, offsets, fmt, "next_comm").tolist() == ["swapper/0"]
+    assert gather_string(out.buffer, offsets, fmt, "next_comm").tolist() == [
+        "swapper/0"
+    ]
 
 
 def test_missing_field_named() -> None:
@@ -234,9 +258,12 @@ def test_decoder_matches_kernel_text(tracefs_top) -> None:  # type: ignore[no-un
         os.system("ls -R /usr/lib >/dev/null 2>&1")
         fs.write("tracing_on", "0")
         text = fs.read("trace")
-        layout = parse_page_layout(top.read("events/header_page"),
-                                   top.read("events/header_event"))
-        formats = {parse_event_format(top.read(f"events/{e}/format")).id: e for e in events}
+        layout = parse_page_layout(
+            top.read("events/header_page"), top.read("events/header_event")
+        )
+        formats = {
+            parse_event_format(top.read(f"events/{e}/format")).id: e for e in events
+        }
         stamps: list[np.ndarray] = []
         types: list[np.ndarray] = []
         for cpu in range(os.cpu_count() or 1):
@@ -256,15 +283,19 @@ def test_decoder_matches_kernel_text(tracefs_top) -> None:  # type: ignore[no-un
             finally:
                 os.close(fd)
             if chunks:
-                pages = decode_pages(np.frombuffer(b"".join(chunks), np.uint8).copy(),
-                                     PAGE, layout)
+                pages = decode_pages(
+                    np.frombuffer(b"".join(chunks), np.uint8).copy(), PAGE, layout
+                )
                 stamps.append(pages.ts_ns)
                 types.append(pages.type_id)
     finally:
         top.rmdir(f"instances/{name}")
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
-    text_us = sorted(int(m.group(1) + m.group(2))
-                     for m in (re.search(r"\s(\d+)\.(\d{6}):", ln) for ln in lines) if m)
+    text_us = sorted(
+        int(m.group(1) + m.group(2))
+        for m in (re.search(r"\s(\d+)\.(\d{6}):", ln) for ln in lines)
+        if m
+    )
     # The text output rounds nanoseconds to the nearest microsecond.
     ours_us = sorted(((np.concatenate(stamps) + 500) // 1000).tolist())
     assert len(lines) > 100

@@ -74,9 +74,11 @@ def test_edge_cases(tmp_path: Path) -> None:
 
 
 def test_log_without_pids(tmp_path: Path) -> None:
-    log = ("1700000000.000100 getpid() = 5 <0.000001>\n"
-           "1700000000.000200 exit_group(0) = ?\n"
-           "1700000000.000300 +++ exited with 3 +++\n")
+    log = (
+        "1700000000.000100 getpid() = 5 <0.000001>\n"
+        "1700000000.000200 exit_group(0) = ?\n"
+        "1700000000.000300 +++ exited with 3 +++\n"
+    )
     trace = import_strace(write(tmp_path, log), tmp_path / "t")
     assert trace.table("syscalls").column("tid").to_pylist() == [0, 0]
     assert trace.manifest.exit_status == 3
@@ -90,16 +92,23 @@ def test_log_without_pids(tmp_path: Path) -> None:
         ("100 1700000000.000100 getpid() <0.000001>", "has no '= RESULT'"),
         ("100 1700000000.000100 getpid() = 5", "record with -T"),
         ("hello world", "not an strace -f -ttt -T line"),
-        ("100 1700000000.000100 <... read resumed>) = 1 <0.1>\n"
-         "100 1700000000.000200 <... open resumed>) = 1 <0.1>", "not an strace"),
+        (
+            "100 1700000000.000100 <... read resumed>) = 1 <0.1>\n"
+            "100 1700000000.000200 <... open resumed>) = 1 <0.1>",
+            "not an strace",
+        ),
     ],
 )
 def test_garbled_line_named(tmp_path: Path, line: str, message: str) -> None:
-    path = write(tmp_path, "100 1700000000.000000 getpid() = 100 <0.000001>\n" + line + "\n")
+    path = write(
+        tmp_path, "100 1700000000.000000 getpid() = 100 <0.000001>\n" + line + "\n"
+    )
     if message == "not an strace" and "resumed" in line:
         # Resuming a different call than the one left unfinished is garbage too.
-        path.write_text("100 1700000000.000000 read(3, <unfinished ...>\n"
-                        "100 1700000000.000200 <... open resumed>) = 1 <0.1>\n")
+        path.write_text(
+            "100 1700000000.000000 read(3, <unfinished ...>\n"
+            "100 1700000000.000200 <... open resumed>) = 1 <0.1>\n"
+        )
         message = "resumes open but the unfinished call of task 100 was read"
     with pytest.raises(TraceFormatError, match=message) as info:
         parse_strace_log(path)
@@ -110,7 +119,8 @@ def test_garbled_line_named(tmp_path: Path, line: str, message: str) -> None:
 def test_real_strace_log(tmp_path: Path) -> None:
     n_child, n_thread = 19, 11
     script = tmp_path / "work.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import os, sys, threading
         pid = os.fork()
         if pid == 0:
@@ -124,11 +134,25 @@ def test_real_strace_log(tmp_path: Path) -> None:
         with open(sys.argv[1], "w") as f:
             f.write(f"{{os.getpid()}} {{pid}} {{t.native_id}}")
         sys.exit(5)
-        """))
+        """)
+    )
     log = tmp_path / "strace.log"
     ids = tmp_path / "ids"
-    done = subprocess.run(["strace", "-f", "-ttt", "-T", "-o", str(log), sys.executable,
-                           str(script), str(ids)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-ttt",
+            "-T",
+            "-o",
+            str(log),
+            sys.executable,
+            str(script),
+            str(ids),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 5 and "ptrace" in done.stderr:
         pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
     assert done.returncode == 5, done.stderr
@@ -146,7 +170,10 @@ def test_real_strace_log(tmp_path: Path) -> None:
     assert {sc["ret"][i] for i in sid} == {os.getsid(0)}
     # Every call line of the log became one row.
     lines = log.read_text().splitlines()
-    calls = [ln for ln in lines if "+++" not in ln and " --- " not in ln
-             and "resumed>" not in ln]
+    calls = [
+        ln
+        for ln in lines
+        if "+++" not in ln and " --- " not in ln and "resumed>" not in ln
+    ]
     assert len(sc["nr"]) == len(calls)
     assert trace.manifest.exit_status == 5

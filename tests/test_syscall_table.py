@@ -9,8 +9,10 @@ import pytest
 
 from paracell.capture.syscall_table import SYSCALL_NAME, SYSCALL_NR, syscall_name
 
-HEADERS = [Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
-           Path("/usr/include/asm/unistd_64.h")]
+HEADERS = [
+    Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h"),
+    Path("/usr/include/asm/unistd_64.h"),
+]
 
 
 def test_table_matches_header() -> None:
@@ -19,8 +21,11 @@ def test_table_matches_header() -> None:
         pytest.skip("no asm/unistd_64.h here (Debian: linux-libc-dev)")
     found = dict(re.findall(r"#define __NR_(\w+)\s+(\d+)", header.read_text()))
     assert len(found) > 300
-    wrong = {name: (int(nr), SYSCALL_NR.get(name)) for name, nr in found.items()
-             if SYSCALL_NR.get(name) != int(nr)}
+    wrong = {
+        name: (int(nr), SYSCALL_NR.get(name))
+        for name, nr in found.items()
+        if SYSCALL_NR.get(name) != int(nr)
+    }
     assert wrong == {}
 
 
