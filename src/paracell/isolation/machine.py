@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from paracell.isolation import asm, layout
@@ -250,6 +251,27 @@ class Machine:
         elif rip in (self.gates.entry_dispatch, self.gates.xrstor_dispatch):
             self._through_gate(thread, rip)
 
+    def user_access(self, address: int, size: int, data: bytes | None) -> bytes | None:
+        """Read ``size`` bytes or write ``data`` as user code at the current RIP.
+
+        Returns the bytes read (``b""`` for a write), or None after a fault,
+        which is handled as the instruction's fault would be.
+        """
+        if self.current is None:
+            return None
+        rip = self.regs.rip
+        if not self.on_gate_page(rip):
+            self._check_user_rights(self.thread)
+        self._exec_rip = rip
+        try:
+            if data is None:
+                return self.load(address, size)
+            self.store(address, data)
+            return b""
+        except PageFault as fault:
+            self.handle_fault(CpuFault("#PF", rip, str(fault), fault.address, fault))
+            return None
+
     def settle(self) -> None:
         """Let the thread leave the gate page, as the host does before preempting."""
         for _ in range(GATE_SETTLE_STEPS):
@@ -287,9 +309,9 @@ class Machine:
             )
 
     def _through_gate(self, thread: Thread, jump: int) -> None:
-        # The gate's final jump into kernel text enters kernel mode, but only
-        # with a PKRU that opens the kernel key; otherwise the kernel code that
-        # follows runs with user rights.
+        # The gate's final jump into kernel text enters kernel mode only with a
+        # PKRU that opens the kernel key. Otherwise the kernel code that follows
+        # runs with user rights.
         if thread.mode is not Mode.USER or not pk.allows_kernel(self.regs.pkru):
             return
         thread.mode = Mode.KERNEL
@@ -302,7 +324,7 @@ class Machine:
         if jump == self.gates.entry_dispatch:
             self._check_kernel_stack()
 
-    def _enter_kernel_text(self, handler: object) -> None:
+    def _enter_kernel_text(self, handler: Callable[[], None]) -> None:
         thread = self.thread
         rip = self.regs.rip
         if thread.mode is Mode.USER:
@@ -311,7 +333,7 @@ class Machine:
         self._exec_rip = rip
         self._prev_rip = rip
         try:
-            handler()  # type: ignore[operator]
+            handler()
         except PageFault as fault:
             self.handle_fault(CpuFault("#PF", rip, str(fault), fault.address, fault))
 

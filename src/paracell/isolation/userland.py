@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from paracell.isolation import asm, layout
-from paracell.isolation.cpu import CpuFault
 from paracell.isolation.kernel import NR_MMAP
 from paracell.isolation.machine import DEFAULT_MAX_STEPS, Machine
-from paracell.isolation.memory import PAGE_SIZE, PageFault, Prot
+from paracell.isolation.memory import PAGE_SIZE, Prot
 
 PROT_RW = int(Prot.READ | Prot.WRITE)
 PROT_RX = int(Prot.READ | Prot.EXEC)
@@ -103,19 +102,4 @@ class User:
         return self._access(address, len(data), data) is not None
 
     def _access(self, address: int, size: int, data: bytes | None) -> bytes | None:
-        m = self.machine
-        if m.current is None:
-            return None
-        thread = m.thread
-        rip = m.regs.rip
-        if not m.on_gate_page(rip):
-            m._check_user_rights(thread)
-        m._exec_rip = rip
-        try:
-            if data is None:
-                return m.load(address, size)
-            m.store(address, data)
-            return b""
-        except PageFault as fault:
-            m.handle_fault(CpuFault("#PF", rip, str(fault), fault.address, fault))
-            return None
+        return self.machine.user_access(address, size, data)
