@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "capture traces, replay them through runtime and memory models, and "
         "run the memory replay on real host memory.",
     )
-    parser.add_argument("--version", action="version", version=f"paracell {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"paracell {__version__}"
+    )
     parser.add_argument(
         "--log-level",
         default="WARNING",
