@@ -83,7 +83,9 @@ def _collect(
         out[key] = (value, source, note)
 
 
-def _parse_entry(path: Path, name: str, entry: Any, canonical: str) -> tuple[float, str, str]:
+def _parse_entry(
+    path: Path, name: str, entry: Any, canonical: str
+) -> tuple[float, str, str]:
     source, note = "measured", ""
     if isinstance(entry, str):
         try:
@@ -95,7 +97,9 @@ def _parse_entry(path: Path, name: str, entry: Any, canonical: str) -> tuple[flo
             raise ProfileError(f"{path}: parameter {name!r} needs 'value' and 'unit'")
         number, unit = entry["value"], entry["unit"]
         if not isinstance(number, (int, float)) or isinstance(number, bool):
-            raise ProfileError(f"{path}: parameter {name!r}: value {number!r} is not a number")
+            raise ProfileError(
+                f"{path}: parameter {name!r}: value {number!r} is not a number"
+            )
         source = entry.get("source", source)
         note = str(entry.get("note", ""))
         if source not in SOURCES:
@@ -108,7 +112,7 @@ def _parse_entry(path: Path, name: str, entry: Any, canonical: str) -> tuple[flo
     else:
         raise ProfileError(
             f"{path}: parameter {name!r}: give a value with its unit, such as "
-            f"\"1.5 us\" or {{ value = 1.5, unit = \"us\" }}"
+            f'"1.5 us" or {{ value = 1.5, unit = "us" }}'
         )
     try:
         value = convert(float(number), str(unit), canonical)
@@ -132,7 +136,8 @@ def _with_value(param: Param, value: float, source: str, note: str) -> Param:
         low=param.low,
         high=param.high,
         reasoning=param.reasoning if source == "estimate" else "",
-        note=note or f"set by profile (default {param.value:g} {param.unit}, {param.source})",
+        note=note
+        or f"set by profile (default {param.value:g} {param.unit}, {param.source})",
     )
 
 
@@ -148,12 +153,19 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: invalid TOML ({exc})") from None
 
 
-def write_profile(path: Path, meta: dict[str, str], entries: list[dict[str, Any]]) -> None:
-    """Write a profile; each entry has name, value, unit, source, note and optional deployment."""
+def write_profile(
+    path: Path, meta: dict[str, str], entries: list[dict[str, Any]]
+) -> None:
+    """Write a profile atomically.
+
+    Each entry has name, value, unit, source, note and an optional deployment.
+    """
     params: dict[str, Any] = {}
     for e in entries:
-        target = params if e.get("deployment", ANY) == ANY else params.setdefault(
-            e["deployment"], {}
+        target = (
+            params
+            if e.get("deployment", ANY) == ANY
+            else params.setdefault(e["deployment"], {})
         )
         target[e["name"]] = {
             "value": e["value"],

@@ -38,7 +38,9 @@ class Param:
         if self.source not in SOURCES:
             raise ValueError(f"parameter {self.name}: unknown source {self.source!r}")
         if self.deployment not in (ANY, *DEPLOYMENTS):
-            raise ValueError(f"parameter {self.name}: unknown deployment {self.deployment!r}")
+            raise ValueError(
+                f"parameter {self.name}: unknown deployment {self.deployment!r}"
+            )
         if self.source == "estimate" and (
             not self.reasoning or self.low is None or self.high is None
         ):
@@ -60,7 +62,9 @@ class CostTable:
         self._params: dict[tuple[str, str], Param] = {}
         for p in params:
             if p.key in self._params:
-                raise ValueError(f"parameter {p.name} ({p.deployment}) is defined twice")
+                raise ValueError(
+                    f"parameter {p.name} ({p.deployment}) is defined twice"
+                )
             self._params[p.key] = p
 
     def __iter__(self) -> Iterator[Param]:
@@ -73,7 +77,7 @@ class CostTable:
         return any(p.name == name for p in self._params.values())
 
     def param(self, name: str, deployment: str = ANY) -> Param:
-        """Return the parameter for ``deployment``, falling back to its ``any`` value."""
+        """Return the parameter for ``deployment``, else its ``any`` value."""
         found = self._params.get((name, deployment)) or self._params.get((name, ANY))
         if found is None:
             raise KeyError(f"no cost parameter {name!r} for deployment {deployment!r}")
@@ -85,8 +89,10 @@ class CostTable:
     def keys_for(self, name: str) -> list[tuple[str, str]]:
         return [k for k in self._params if k[0] == name]
 
-    def replace_values(self, values: Mapping[tuple[str, str], float], **changes: str) -> CostTable:
-        """Return a copy with new values for the given keys (and optional field changes)."""
+    def replace_values(
+        self, values: Mapping[tuple[str, str], float], **changes: str
+    ) -> CostTable:
+        """Return a copy with new values for the given keys."""
         params = dict(self._params)
         for key, value in values.items():
             params[key] = replace(params[key], value=float(value), **changes)

@@ -21,11 +21,16 @@ _QUANTITY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(\S*)\
 
 
 def convert(value: float, unit: str, canonical: str) -> float:
-    """Convert ``value`` given in ``unit`` to the canonical unit; raise ValueError if they differ in kind."""
+    """Convert ``value`` given in ``unit`` to the canonical unit.
+
+    Raises ValueError when ``unit`` measures another kind of quantity.
+    """
     factors = UNITS[canonical]
     if unit not in factors:
         accepted = ", ".join(repr(u) for u in factors if u)
-        raise ValueError(f"unit {unit!r} is not a {canonical} unit; use one of {accepted}")
+        raise ValueError(
+            f"unit {unit!r} is not a {canonical} unit; use one of {accepted}"
+        )
     return value * factors[unit]
 
 
@@ -33,5 +38,7 @@ def parse_quantity(text: str) -> tuple[float, str]:
     """Split a string such as ``"0.46 us"`` into its number and unit."""
     match = _QUANTITY.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not a number followed by a unit, such as '0.46 us'")
+        raise ValueError(
+            f"{text!r} is not a number followed by a unit, such as '0.46 us'"
+        )
     return float(match.group(1)), match.group(2)

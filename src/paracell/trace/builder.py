@@ -35,9 +35,13 @@ class TraceBuilder:
         start_ts_ns: int = 0,
         operations: int | None = None,
     ) -> None:
-        self.workload = Workload(name=name, kind=kind, command=["(hand-built)"],
-                                 operations=operations,
-                                 operation_unit="operations" if operations else None)
+        self.workload = Workload(
+            name=name,
+            kind=kind,
+            command=["(hand-built)"],
+            operations=operations,
+            operation_unit="operations" if operations else None,
+        )
         self.cpu_count = cpu_count
         self.memory_bytes = memory_bytes
         self.start_ts_ns = start_ts_ns
@@ -59,47 +63,155 @@ class TraceBuilder:
             self._kinds.add(kind)
         return self
 
-    def syscall(self, ts_ns: int, nr: int, duration_ns: int = 100, ret: int = 0,
-                tid: int = 1, pid: int | None = None, cpu: int = 0,
-                complete: bool = True) -> TraceBuilder:
-        return self._add("syscalls", ts_ns, cpu=cpu, pid=pid or tid, tid=tid, nr=nr,
-                         ret=ret, duration_ns=duration_ns, complete=complete)
+    def syscall(
+        self,
+        ts_ns: int,
+        nr: int,
+        duration_ns: int = 100,
+        ret: int = 0,
+        tid: int = 1,
+        pid: int | None = None,
+        cpu: int = 0,
+        complete: bool = True,
+    ) -> TraceBuilder:
+        return self._add(
+            "syscalls",
+            ts_ns,
+            cpu=cpu,
+            pid=pid or tid,
+            tid=tid,
+            nr=nr,
+            ret=ret,
+            duration_ns=duration_ns,
+            complete=complete,
+        )
 
-    def page_fault(self, ts_ns: int, address: int, error_code: int = 0x6,
-                   tid: int = 1, pid: int | None = None, cpu: int = 0,
-                   ip: int = 0x401000) -> TraceBuilder:
-        return self._add("page_fault_user", ts_ns, cpu=cpu, pid=pid or tid, tid=tid,
-                         address=address, ip=ip, error_code=error_code)
+    def page_fault(
+        self,
+        ts_ns: int,
+        address: int,
+        error_code: int = 0x6,
+        tid: int = 1,
+        pid: int | None = None,
+        cpu: int = 0,
+        ip: int = 0x401000,
+    ) -> TraceBuilder:
+        return self._add(
+            "page_fault_user",
+            ts_ns,
+            cpu=cpu,
+            pid=pid or tid,
+            tid=tid,
+            address=address,
+            ip=ip,
+            error_code=error_code,
+        )
 
-    def switch(self, ts_ns: int, prev_pid: int, next_pid: int, cpu: int = 0,
-               prev_state: int = 0, prev_comm: str = "task",
-               next_comm: str = "task") -> TraceBuilder:
-        return self._add("sched_switch", ts_ns, cpu=cpu, prev_comm=prev_comm,
-                         prev_pid=prev_pid, prev_prio=120, prev_state=prev_state,
-                         next_comm="swapper/%d" % cpu if next_pid == 0 else next_comm,
-                         next_pid=next_pid, next_prio=120)
+    def switch(
+        self,
+        ts_ns: int,
+        prev_pid: int,
+        next_pid: int,
+        cpu: int = 0,
+        prev_state: int = 0,
+        prev_comm: str = "task",
+        next_comm: str = "task",
+    ) -> TraceBuilder:
+        return self._add(
+            "sched_switch",
+            ts_ns,
+            cpu=cpu,
+            prev_comm=prev_comm,
+            prev_pid=prev_pid,
+            prev_prio=120,
+            prev_state=prev_state,
+            next_comm=f"swapper/{cpu}" if next_pid == 0 else next_comm,
+            next_pid=next_pid,
+            next_prio=120,
+        )
 
-    def alloc(self, ts_ns: int, pfn: int, order: int = 0, cpu: int = 0, tid: int = 1,
-              pid: int | None = None, gfp_flags: int = GFP_HIGHUSER_MOVABLE) -> TraceBuilder:
-        return self._add("mm_page_alloc", ts_ns, cpu=cpu, pid=pid or tid, tid=tid,
-                         pfn=pfn, order=order, gfp_flags=gfp_flags,
-                         migratetype=MIGRATE_MOVABLE)
+    def alloc(
+        self,
+        ts_ns: int,
+        pfn: int,
+        order: int = 0,
+        cpu: int = 0,
+        tid: int = 1,
+        pid: int | None = None,
+        gfp_flags: int = GFP_HIGHUSER_MOVABLE,
+    ) -> TraceBuilder:
+        return self._add(
+            "mm_page_alloc",
+            ts_ns,
+            cpu=cpu,
+            pid=pid or tid,
+            tid=tid,
+            pfn=pfn,
+            order=order,
+            gfp_flags=gfp_flags,
+            migratetype=MIGRATE_MOVABLE,
+        )
 
-    def free(self, ts_ns: int, pfn: int, order: int = 0, cpu: int = 0, tid: int = 1,
-             pid: int | None = None) -> TraceBuilder:
-        return self._add("mm_page_free", ts_ns, cpu=cpu, pid=pid or tid, tid=tid,
-                         pfn=pfn, order=order)
+    def free(
+        self,
+        ts_ns: int,
+        pfn: int,
+        order: int = 0,
+        cpu: int = 0,
+        tid: int = 1,
+        pid: int | None = None,
+    ) -> TraceBuilder:
+        return self._add(
+            "mm_page_free",
+            ts_ns,
+            cpu=cpu,
+            pid=pid or tid,
+            tid=tid,
+            pfn=pfn,
+            order=order,
+        )
 
-    def refill(self, ts_ns: int, pfn: int, order: int = 0, cpu: int = 0, tid: int = 1,
-               pid: int | None = None, percpu_refill: int = 1) -> TraceBuilder:
-        return self._add("mm_page_alloc_zone_locked", ts_ns, cpu=cpu, pid=pid or tid,
-                         tid=tid, pfn=pfn, order=order, migratetype=MIGRATE_MOVABLE,
-                         percpu_refill=percpu_refill)
+    def refill(
+        self,
+        ts_ns: int,
+        pfn: int,
+        order: int = 0,
+        cpu: int = 0,
+        tid: int = 1,
+        pid: int | None = None,
+        percpu_refill: int = 1,
+    ) -> TraceBuilder:
+        return self._add(
+            "mm_page_alloc_zone_locked",
+            ts_ns,
+            cpu=cpu,
+            pid=pid or tid,
+            tid=tid,
+            pfn=pfn,
+            order=order,
+            migratetype=MIGRATE_MOVABLE,
+            percpu_refill=percpu_refill,
+        )
 
-    def drain(self, ts_ns: int, pfn: int, order: int = 0, cpu: int = 0, tid: int = 1,
-              pid: int | None = None) -> TraceBuilder:
-        return self._add("mm_page_pcpu_drain", ts_ns, cpu=cpu, pid=pid or tid, tid=tid,
-                         pfn=pfn, order=order, migratetype=MIGRATE_MOVABLE)
+    def drain(
+        self,
+        ts_ns: int,
+        pfn: int,
+        order: int = 0,
+        cpu: int = 0,
+        tid: int = 1,
+        pid: int | None = None,
+    ) -> TraceBuilder:
+        return self._add(
+            "mm_page_pcpu_drain",
+            ts_ns,
+            cpu=cpu,
+            pid=pid or tid,
+            tid=tid,
+            pfn=pfn,
+            order=order,
+            migratetype=MIGRATE_MOVABLE,
+        )
 
     def tables(self) -> dict[str, pa.Table]:
         """Return one time-sorted Arrow table per declared kind."""
@@ -107,8 +219,11 @@ class TraceBuilder:
         for kind in self._kinds:
             rows = sorted(self._rows[kind], key=lambda r: r["ts_ns"])
             schema = arrow_schema(kind)
-            out[kind] = pa.Table.from_pylist(rows, schema=schema) if rows else \
-                schema.empty_table()
+            out[kind] = (
+                pa.Table.from_pylist(rows, schema=schema)
+                if rows
+                else schema.empty_table()
+            )
         return out
 
     def manifest(self, end_ts_ns: int | None = None) -> Manifest:
@@ -129,7 +244,8 @@ class TraceBuilder:
             tool_version=__version__,
         )
 
-    def write(self, path: Path | str, end_ts_ns: int | None = None,
-              overwrite: bool = False) -> Trace:
+    def write(
+        self, path: Path | str, end_ts_ns: int | None = None, overwrite: bool = False
+    ) -> Trace:
         """Write the trace directory atomically and return it loaded."""
         return write_trace(path, self.manifest(end_ts_ns), self.tables(), overwrite)

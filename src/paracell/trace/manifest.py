@@ -71,10 +71,12 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        """Read and validate a manifest; raise :class:`TraceFormatError` on any fault."""
+        """Read and validate a manifest, raising :class:`TraceFormatError`."""
         if not path.is_file():
             raise TraceFormatError(
-                path, "manifest is missing", hint="a trace directory needs manifest.json"
+                path,
+                "manifest is missing",
+                hint="a trace directory needs manifest.json",
             )
         try:
             raw = json.loads(path.read_text())
@@ -112,7 +114,8 @@ class Manifest:
             if kind not in KINDS:
                 raise TraceFormatError(
                     path,
-                    f"field 'event_kinds' names unknown kind; known: {', '.join(KINDS)}",
+                    "field 'event_kinds' names unknown kind; "
+                    f"known: {', '.join(KINDS)}",
                     value=kind,
                 )
         manifest = cls(
@@ -151,7 +154,9 @@ class _Validator:
         self.prefix = prefix
 
     def _fail(self, key: str, reason: str, value: object = None) -> TraceFormatError:
-        return TraceFormatError(self.path, f"field '{self.prefix}{key}' {reason}", value=value)
+        return TraceFormatError(
+            self.path, f"field '{self.prefix}{key}' {reason}", value=value
+        )
 
     def get(self, key: str, kind: type) -> Any:
         if key not in self.raw:
@@ -183,5 +188,7 @@ class _Validator:
         value = self.get(key, dict)
         for name, count in value.items():
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise self._fail(f"{key}.{name}", "must be a non-negative integer", count)
+                raise self._fail(
+                    f"{key}.{name}", "must be a non-negative integer", count
+                )
         return dict(value)

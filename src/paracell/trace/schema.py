@@ -66,7 +66,9 @@ KINDS: dict[str, list[Column]] = {
         *_task(),
         Column("nr", pa.int32(), 0, MAX_SYSCALL_NR, "system-call number (x86-64)"),
         Column("ret", pa.int64(), None, None, "return value; 0 when incomplete"),
-        Column("duration_ns", pa.int64(), 0, None, "sys_exit time minus sys_enter time"),
+        Column(
+            "duration_ns", pa.int64(), 0, None, "sys_exit time minus sys_enter time"
+        ),
         Column("complete", pa.bool_(), None, None, "false when no sys_exit was seen"),
     ],
     # exceptions:page_fault_user
@@ -129,7 +131,9 @@ KINDS: dict[str, list[Column]] = {
         _pfn(),
         _order(),
         _migratetype(),
-        Column("percpu_refill", pa.int8(), 0, 1, "1 when the page refills a per-CPU list"),
+        Column(
+            "percpu_refill", pa.int8(), 0, 1, "1 when the page refills a per-CPU list"
+        ),
     ],
     # kmem:mm_page_pcpu_drain
     "mm_page_pcpu_drain": [_ts(), _cpu(), *_task(), _pfn(), _order(), _migratetype()],

@@ -92,7 +92,9 @@ def load_trace(path: Path | str, validate: bool = False) -> Trace:
         raise TraceFormatError(path, "trace not found", hint="give a trace directory")
     if not path.is_dir():
         raise TraceFormatError(
-            path, "not a trace directory", hint="a trace is a directory with manifest.json"
+            path,
+            "not a trace directory",
+            hint="a trace is a directory with manifest.json",
         )
     manifest = Manifest.read(path / MANIFEST_NAME)
     for kind in manifest.event_kinds:
@@ -113,7 +115,8 @@ def read_table(file: Path, kind: str) -> pa.Table:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError) as exc:
         raise TraceFormatError(
-            file, f"not a readable Parquet file ({_first_line(exc)})",
+            file,
+            f"not a readable Parquet file ({_first_line(exc)})",
             hint="the file is truncated or corrupt; capture the trace again",
         ) from None
     validate_table(file, kind, table)
@@ -181,7 +184,8 @@ def _check_count(file: Path, table: pa.Table, manifest: Manifest, kind: str) -> 
     if expected is not None and expected != table.num_rows:
         raise TraceFormatError(
             file,
-            f"holds {table.num_rows} rows but the manifest's event_counts says {expected}",
+            f"holds {table.num_rows} rows but the manifest's event_counts "
+            f"says {expected}",
         )
 
 
@@ -240,9 +244,7 @@ def write_trace(
 
 
 def _write_parquet(file: Path, table: pa.Table) -> None:
-    int_columns = [
-        f.name for f in table.schema if pa.types.is_integer(f.type)
-    ]
+    int_columns = [f.name for f in table.schema if pa.types.is_integer(f.type)]
     with open(file, "wb") as f:
         pq.write_table(
             table,
