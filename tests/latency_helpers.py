@@ -65,7 +65,7 @@ def expected_pager_bind_page(runtime: str, d: str) -> float:
         return 0.0
     on_path = v("paracell.pager_bind_on_path", d)
     per_batch = v("pvm.hypercall", d) / v("paracell.pager_batch_pages", d)
-    return on_path * (v("paracell.pager_bind_per_page", d) + per_batch)
+    return on_path * (v("memory.populate_write_per_page", d) + per_batch)
 
 
 def expected_notification(runtime: str, d: str) -> float:

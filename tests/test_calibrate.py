@@ -70,7 +70,6 @@ def test_mapped_parameters_exist(result):
         "memory.first_touch_bound",
         "memory.populate_write_per_page",
         "memory.dontneed_per_page",
-        "paracell.pager_bind_per_page",
     } <= names
     for entry in entries:
         assert entry["name"] in table

@@ -26,7 +26,11 @@ def small_trace(path: Path):
 def test_round_trip_sorts_rows(tmp_path):
     trace = small_trace(tmp_path / "t")
     loaded = load_trace(tmp_path / "t", validate=True)
-    assert loaded.manifest.event_counts == {"syscalls": 2, "mm_page_alloc": 1, "mm_page_free": 1}
+    assert loaded.manifest.event_counts == {
+        "syscalls": 2,
+        "mm_page_alloc": 1,
+        "mm_page_free": 1,
+    }
     assert list(loaded.column("syscalls", "ts_ns")) == [500, 1_000]
     assert list(loaded.column("syscalls", "nr")) == [0, 39]
     assert trace.content_hash() == loaded.content_hash()
@@ -63,7 +67,9 @@ def test_truncated_parquet(tmp_path):
     trace = small_trace(tmp_path / "t")
     file = trace.path / "syscalls.parquet"
     file.write_bytes(file.read_bytes()[:-20])
-    with pytest.raises(TraceFormatError, match="syscalls.parquet: not a readable Parquet"):
+    with pytest.raises(
+        TraceFormatError, match="syscalls.parquet: not a readable Parquet"
+    ):
         load_trace(trace.path, validate=True)
 
 
@@ -74,7 +80,10 @@ def test_unsorted_timestamps(tmp_path):
     ts = table.column("ts_ns").to_pylist()[::-1]
     table = table.set_column(0, "ts_ns", pa.array(ts, pa.int64()))
     pq.write_table(table, file)
-    with pytest.raises(TraceFormatError, match=r"column 'ts_ns', row 1, value 500: timestamps are not sorted"):
+    with pytest.raises(
+        TraceFormatError,
+        match=r"column 'ts_ns', row 1, value 500: timestamps are not sorted",
+    ):
         load_trace(trace.path, validate=True)
 
 
@@ -85,7 +94,9 @@ def test_wrong_column_type(tmp_path):
     idx = table.column_names.index("nr")
     table = table.set_column(idx, "nr", table.column("nr").cast(pa.string()))
     pq.write_table(table, file)
-    with pytest.raises(TraceFormatError, match="column 'nr': has type string, expected int32"):
+    with pytest.raises(
+        TraceFormatError, match="column 'nr': has type string, expected int32"
+    ):
         load_trace(trace.path, validate=True)
 
 
@@ -94,5 +105,8 @@ def test_manifest_bad_field(tmp_path):
     raw = json.loads((trace.path / "manifest.json").read_text())
     raw["workload"]["kind"] = "batch"
     (trace.path / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(TraceFormatError, match="manifest.json, value 'batch': field 'workload.kind' must be one of server, agent"):
+    with pytest.raises(
+        TraceFormatError,
+        match="manifest.json, value 'batch': field 'workload.kind' must be one of server, agent",
+    ):
         load_trace(trace.path)

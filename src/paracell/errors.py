@@ -66,7 +66,7 @@ class ProfileError(ParacellError):
 
 
 class ModelError(ParacellError):
-    """A model cannot run on the given input, for example a guest too small for the trace."""
+    """A model cannot run on the given input: a guest too small for the trace, say."""
 
 
 class LiveError(ParacellError):

@@ -89,3 +89,27 @@ def progress_bar(
         for item in items:
             yield item
             progress.advance(task)
+
+
+def announce_first_compile(*dispatchers: Any) -> None:
+    """Tell the user when numba must compile the replay kernels before work starts.
+
+    numba caches compiled code on disk, so only the first run after an
+    install or an upgrade compiles; that run takes a minute or more on a
+    2-core machine and would otherwise look hung.
+    """
+    if not all(_is_jit_cached(d) for d in dispatchers):
+        print(
+            "paracell: compiling the replay kernels with numba; the first run "
+            "takes a minute or two, later runs reuse the compiled code",
+            file=sys.stderr,
+        )
+
+
+def _is_jit_cached(dispatcher: Any) -> bool:
+    # NOTE: this reads numba's private cache index (numba 0.59-0.68). If that
+    # layout changes, assume the code is cached and say nothing.
+    try:
+        return bool(dispatcher._cache._cache_file._load_index())
+    except Exception:  # noqa: BLE001 - any failure means "unknown"
+        return True

@@ -24,6 +24,7 @@ from paracell.cli._common import (
     add_json_argument,
     add_profile_argument,
     add_trace_arguments,
+    announce_first_compile,
     load_traces,
     print_json,
     progress_bar,
@@ -56,15 +57,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out",
         type=Path,
         metavar="DIR",
-        help="also write compare.json, compare.txt and one footprint plot per trace to DIR",
+        help="also write compare.json, compare.txt and one footprint plot per "
+        "trace to DIR",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from paracell.costs import load_costs
+    from paracell.models.latency._kernels import syscall_totals
+    from paracell.models.memory.replay import replay_kernel
 
     costs = load_costs(args.profile)
     traces = load_traces(args.traces)
+    announce_first_compile(replay_kernel, syscall_totals)
     documents = []
     for trace in progress_bar(traces, len(traces), "comparing", quiet=args.quiet):
         documents.append(compare_trace(trace, costs))
@@ -87,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_trace(trace: Trace, costs: CostTable) -> tuple[dict[str, Any], dict[str, Any]]:
+def compare_trace(
+    trace: Trace, costs: CostTable
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run both models on one trace; return its JSON summary and the report objects."""
     from paracell.models import latency, memory
 
@@ -132,7 +139,9 @@ def _console(file: Any) -> Console:
     return Console(file=file, width=width, highlight=False)
 
 
-def render_trace(console: Console, summary: dict[str, Any], reports: dict[str, Any]) -> None:
+def render_trace(
+    console: Console, summary: dict[str, Any], reports: dict[str, Any]
+) -> None:
     """Print the latency and memory tables of one trace."""
     trace = reports["trace"]
     m = trace.manifest
@@ -181,7 +190,9 @@ def reduction_table(report: Any) -> Any:
 
     table = Table(title="ParaCell's reduction of total time (model vs published claim)")
     for name in ("against", "deployment", "model", "claim"):
-        table.add_column(name, justify="right" if name in ("model", "claim") else "left")
+        table.add_column(
+            name, justify="right" if name in ("model", "claim") else "left"
+        )
     table.add_column("why they differ", overflow="fold", max_width=70)
     for r in report.reductions:
         table.add_row(
@@ -232,14 +243,20 @@ def memory_table(report: Any) -> Any:
 
 
 def write_outputs(
-    out: Path, document: dict[str, Any], documents: list[tuple[dict[str, Any], dict[str, Any]]]
+    out: Path,
+    document: dict[str, Any],
+    documents: list[tuple[dict[str, Any], dict[str, Any]]],
 ) -> None:
     """Write compare.json, compare.txt and a footprint plot per trace to ``out``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ParacellError(f"{out}: cannot create output directory ({exc.strerror})") from None
-    _write_atomic(out / "compare.json", json.dumps(document, indent=2, default=_plain) + "\n")
+        raise ParacellError(
+            f"{out}: cannot create output directory ({exc.strerror})"
+        ) from None
+    _write_atomic(
+        out / "compare.json", json.dumps(document, indent=2, default=_plain) + "\n"
+    )
     buffer = io.StringIO()
     console = _console(buffer)
     for summary, reports in documents:

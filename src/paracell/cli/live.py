@@ -11,6 +11,7 @@ from paracell.cli._common import (
     add_json_argument,
     add_profile_argument,
     add_trace_arguments,
+    announce_first_compile,
     load_traces,
     print_json,
 )
@@ -131,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
     options = LiveOptions(speed=args.speed, sample_ns=int(args.sample_ms * 1e6))
     costs = load_costs(args.profile)
     traces = load_traces(args.traces)
+    from paracell.live.executor import execute_chunk
+    from paracell.models.memory.replay import replay_kernel
+
+    announce_first_compile(replay_kernel, execute_chunk)
     console = None if args.json else _console()
     documents: list[dict[str, Any]] = []
     for trace in traces:

@@ -11,6 +11,7 @@ from paracell.cli._common import (
     add_json_argument,
     add_profile_argument,
     add_trace_arguments,
+    announce_first_compile,
     load_traces,
     print_json,
     progress_bar,
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         raise ParacellError(f"--vcpus {args.vcpus} is invalid; give 1 or more")
     sweep = args.pager_sweep or args.sweep_plot is not None
     traces = load_traces(args.traces)
+    from paracell.models.memory.replay import replay_kernel
+
+    announce_first_compile(replay_kernel)
     quiet = getattr(args, "quiet", False)
     document: dict[str, Any] = {}
     for trace in progress_bar(traces, len(traces), "memory model", quiet):

@@ -1,4 +1,4 @@
-"""Cost parameters: one table of named, sourced values, and profiles that override them."""
+"""Cost parameters: one table of named, sourced values, and overriding profiles."""
 
 from __future__ import annotations
 

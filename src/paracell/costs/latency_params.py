@@ -454,14 +454,6 @@ LATENCY_PARAMS: list[Param] = [
         "batches might pay a quarter",
     ),
     Param(
-        name="paracell.pager_bind_per_page",
-        value=_us(0.84),
-        unit="ns",
-        source="HERE",
-        description="host binds one 4 KiB guest page ahead of its touch in a "
-        "batch (MADV_POPULATE_WRITE over 512 MiB at once)",
-    ),
-    Param(
         name="paracell.pager_batch_pages",
         value=64.0,
         unit="pages",

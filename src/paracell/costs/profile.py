@@ -156,7 +156,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def write_profile(
     path: Path, meta: dict[str, str], entries: list[dict[str, Any]]
 ) -> None:
-    """Write a profile; each entry has name, value, unit, source, note and optional deployment."""
+    """Write a profile atomically.
+
+    Each entry has name, value, unit, source, note and an optional deployment.
+    """
     params: dict[str, Any] = {}
     for e in entries:
         target = (

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 SOURCES: dict[str, str] = {
-    "PVM23": "Huang et al., PVM: Efficient Shadow Paging for Deploying Secure Containers "
+    "PVM23": "Huang et al., PVM: Efficient Shadow Paging for Deploying Secure "
+    "Containers "
     "in Cloud-native Environment, SOSP 2023, doi 10.1145/3600006.3613158 "
     "(2 x Xeon Platinum 8269CY 2.5 GHz, Linux 4.19, Kata + RunD)",
     "HA25": "Wrenger et al., HyperAlloc, EuroSys 2025, with its public benchmark data "

@@ -77,7 +77,7 @@ class CostTable:
         return any(p.name == name for p in self._params.values())
 
     def param(self, name: str, deployment: str = ANY) -> Param:
-        """Return the parameter for ``deployment``, falling back to its ``any`` value."""
+        """Return the parameter for ``deployment``, else its ``any`` value."""
         found = self._params.get((name, deployment)) or self._params.get((name, ANY))
         if found is None:
             raise KeyError(f"no cost parameter {name!r} for deployment {deployment!r}")
@@ -92,7 +92,7 @@ class CostTable:
     def replace_values(
         self, values: Mapping[tuple[str, str], float], **changes: str
     ) -> CostTable:
-        """Return a copy with new values for the given keys (and optional field changes)."""
+        """Return a copy with new values for the given keys."""
         params = dict(self._params)
         for key, value in values.items():
             params[key] = replace(params[key], value=float(value), **changes)

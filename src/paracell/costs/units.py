@@ -21,7 +21,10 @@ _QUANTITY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(\S*)\
 
 
 def convert(value: float, unit: str, canonical: str) -> float:
-    """Convert ``value`` given in ``unit`` to the canonical unit; raise ValueError if they differ in kind."""
+    """Convert ``value`` given in ``unit`` to the canonical unit.
+
+    Raises ValueError when ``unit`` measures another kind of quantity.
+    """
     factors = UNITS[canonical]
     if unit not in factors:
         accepted = ", ".join(repr(u) for u in factors if u)

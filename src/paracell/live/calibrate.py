@@ -345,10 +345,7 @@ class _Calibrator:
                     "ns per page",
                     populate[batch],
                     parameters=(
-                        (
-                            "memory.populate_write_per_page",
-                            "paracell.pager_bind_per_page",
-                        )
+                        ("memory.populate_write_per_page",)
                         if large
                         else ()
                     ),

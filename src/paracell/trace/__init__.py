@@ -1,4 +1,4 @@
-"""Trace format: a directory with ``manifest.json`` and one Parquet file per event kind."""
+"""Trace format: ``manifest.json`` and one Parquet file per event kind."""
 
 from paracell.trace.manifest import Manifest, Workload
 from paracell.trace.schema import ALLOCATOR_KINDS, EVENT_GROUPS, KINDS

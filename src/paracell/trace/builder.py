@@ -125,7 +125,7 @@ class TraceBuilder:
             prev_pid=prev_pid,
             prev_prio=120,
             prev_state=prev_state,
-            next_comm="swapper/%d" % cpu if next_pid == 0 else next_comm,
+            next_comm=f"swapper/{cpu}" if next_pid == 0 else next_comm,
             next_pid=next_pid,
             next_prio=120,
         )

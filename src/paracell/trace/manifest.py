@@ -71,7 +71,7 @@ class Manifest:
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        """Read and validate a manifest; raise :class:`TraceFormatError` on any fault."""
+        """Read and validate a manifest, raising :class:`TraceFormatError`."""
         if not path.is_file():
             raise TraceFormatError(
                 path,
@@ -114,7 +114,8 @@ class Manifest:
             if kind not in KINDS:
                 raise TraceFormatError(
                     path,
-                    f"field 'event_kinds' names unknown kind; known: {', '.join(KINDS)}",
+                    "field 'event_kinds' names unknown kind; "
+                    f"known: {', '.join(KINDS)}",
                     value=kind,
                 )
         manifest = cls(

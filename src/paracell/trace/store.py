@@ -184,7 +184,8 @@ def _check_count(file: Path, table: pa.Table, manifest: Manifest, kind: str) -> 
     if expected is not None and expected != table.num_rows:
         raise TraceFormatError(
             file,
-            f"holds {table.num_rows} rows but the manifest's event_counts says {expected}",
+            f"holds {table.num_rows} rows but the manifest's event_counts "
+            f"says {expected}",
         )
 
 

@@ -224,7 +224,7 @@ PATHS: dict[str, dict[str, dict[str, Path]]] = {
             "pages": (
                 Step(
                     "host binds the page in a batch",
-                    "paracell.pager_bind_per_page",
+                    "memory.populate_write_per_page",
                     ("paracell.pager_bind_on_path",),
                 ),
                 Step(
