@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from paracell.models import latency
 
 from paracell.cli import main
 from paracell.costs import default_costs
+from paracell.models import latency
 from paracell.reports.chrome_trace import merge_windows
 from paracell.trace import load_trace, shipped_trace_paths
 
