@@ -68,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(level: str, quiet: bool) -> None:
+    # main() may run many times in one process (tests, notebooks): replace the
+    # handler of the previous call, whose stream may since have been closed.
+    for handler in [h for h in log.handlers if getattr(h, "_paracell_cli", False)]:
+        log.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("paracell: %(levelname)s: %(message)s"))
+    handler._paracell_cli = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(logging.ERROR if quiet else getattr(logging, level))
 
