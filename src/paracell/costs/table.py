@@ -89,13 +89,11 @@ class CostTable:
     def keys_for(self, name: str) -> list[tuple[str, str]]:
         return [k for k in self._params if k[0] == name]
 
-    def replace_values(
-        self, values: Mapping[tuple[str, str], float], **changes: str
-    ) -> CostTable:
-        """Return a copy with new values for the given keys."""
+    def replace_values(self, values: Mapping[tuple[str, str], float]) -> CostTable:
+        """Return a copy with new values for the given (name, deployment) keys."""
         params = dict(self._params)
         for key, value in values.items():
-            params[key] = replace(params[key], value=float(value), **changes)
+            params[key] = replace(params[key], value=float(value))
         return CostTable(params.values())
 
     def estimates(self) -> list[Param]:
