@@ -345,7 +345,7 @@ def _check_creatable(path: Path) -> None:
     except OSError as exc:
         raise TraceFormatError(
             path,
-            f"cannot create entries in {parent} ({exc.strerror})",
+            f"cannot create entries in {parent}: {exc.strerror}",
             hint="choose an output on a writable file system",
         ) from None
     probe.rmdir()
