@@ -7,17 +7,10 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
-from paracell.trace import Trace, load_trace, shipped_trace_paths
+if TYPE_CHECKING:
+    from paracell.trace import Trace
 
 T = TypeVar("T")
 
@@ -50,6 +43,9 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_traces(paths: list[Path]) -> list[Trace]:
     """Load the given traces, or every shipped trace when the list is empty."""
+    # Imported here: pyarrow takes a third of a second, too long for --help.
+    from paracell.trace import load_trace, shipped_trace_paths
+
     return [load_trace(p) for p in (paths or shipped_trace_paths())]
 
 
@@ -78,6 +74,14 @@ def progress_bar(
     if quiet or not sys.stderr.isatty():
         yield from items
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),

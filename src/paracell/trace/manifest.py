@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from paracell.errors import TraceFormatError
-from paracell.trace.schema import KINDS
 
 FORMAT_NAME = "paracell-trace"
 FORMAT_VERSION = 1
@@ -109,6 +108,8 @@ class Manifest:
             operation_unit=w.optional("operation_unit", str),
             recreate=w.optional("recreate", str),
         )
+        from paracell.trace.schema import KINDS
+
         kinds = v.get("event_kinds", list)
         for kind in kinds:
             if kind not in KINDS:
