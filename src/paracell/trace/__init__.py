@@ -28,7 +28,18 @@ _EXPORTS = {
     "write_trace": "store",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ALLOCATOR_KINDS",
+    "EVENT_GROUPS",
+    "KINDS",
+    "Manifest",
+    "Trace",
+    "Workload",
+    "load_trace",
+    "read_table",
+    "shipped_trace_paths",
+    "write_trace",
+]
 
 
 def __getattr__(name: str) -> Any:
