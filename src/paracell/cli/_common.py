@@ -117,3 +117,21 @@ def _is_jit_cached(dispatcher: Any) -> bool:
         return bool(dispatcher._cache._cache_file._load_index())
     except Exception:  # noqa: BLE001 - any failure means "unknown"
         return True
+
+
+def make_console(file: Any = None) -> Any:
+    """Return a rich Console for tables on ``file`` (standard output by default).
+
+    A terminal gets its own width. Piped output takes ``$COLUMNS`` when set,
+    else 120 columns, so tables are not squeezed into 80 columns in a file.
+    """
+    import os
+
+    from rich.console import Console
+
+    file = file or sys.stdout
+    width = None
+    if not (hasattr(file, "isatty") and file.isatty()):
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
+    return Console(file=file, width=width, highlight=False)
