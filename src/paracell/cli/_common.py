@@ -135,3 +135,47 @@ def make_console(file: Any = None) -> Any:
         columns = os.environ.get("COLUMNS", "")
         width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
     return Console(file=file, width=width, highlight=False)
+
+
+def unique_labels(names: list[str]) -> list[str]:
+    """Return the names with ``-2``, ``-3`` ... added to repeats so outputs differ."""
+    seen: dict[str, int] = {}
+    labels = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return labels
+
+
+# File suffixes matplotlib writes without extra packages.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(path: Path, option: str) -> None:
+    """Raise ParacellError unless a plot can be written to ``path``.
+
+    Checked before any work starts, so a long run does not fail at its end.
+    """
+    import os
+
+    from paracell.errors import ParacellError
+
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise ParacellError(
+            f"{option} {path}: unsupported plot format {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(PLOT_SUFFIXES)}"
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise ParacellError(
+            f"{option} {path}: directory {parent} does not exist",
+            hint="create it first",
+        )
+    if not os.access(parent, os.W_OK):
+        raise ParacellError(f"{option} {path}: directory {parent} is not writable")
+
+
+def singular(unit: str | None) -> str:
+    """Return the singular of a manifest's operation unit ("requests" -> "request")."""
+    unit = unit or "operation"
+    return unit[:-1] if unit.endswith("s") else unit

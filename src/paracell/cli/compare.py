@@ -31,6 +31,8 @@ from paracell.cli._common import (
     make_console,
     print_json,
     progress_bar,
+    singular,
+    unique_labels,
 )
 from paracell.cli.results import record_run
 from paracell.errors import ModelError, ParacellError
@@ -96,16 +98,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_outputs(args.out, document, documents)
     return 0
-
-
-def unique_labels(names: list[str]) -> list[str]:
-    """Return the names with ``-2``, ``-3`` ... added to repeats so outputs differ."""
-    seen: dict[str, int] = {}
-    labels = []
-    for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
-    return labels
 
 
 def compare_trace(
@@ -208,12 +200,6 @@ def _table(title: str) -> Any:
     )
 
 
-def _operation_unit(report: Any) -> str:
-    unit = report.operation_unit or "operation"
-    # Manifests store the plural ("requests"); a per-item column takes the singular.
-    return unit[:-1] if unit.endswith("s") else unit
-
-
 def latency_table(report: Any) -> Any:
     ops = report.operations
     table = _table("Latency: modelled total time, ms")
@@ -222,7 +208,7 @@ def latency_table(report: Any) -> Any:
         table.add_column(deployment, justify="right", no_wrap=True)
         table.add_column("x runc", justify="right", no_wrap=True)
         if ops:
-            table.add_column(f"us/{_operation_unit(report)}", justify="right")
+            table.add_column(f"us/{singular(report.operation_unit)}", justify="right")
     for runtime, label in RUNTIME_LABELS.items():
         if runtime not in report.results:
             continue

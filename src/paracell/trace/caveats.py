@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from paracell.trace.schema import ALLOCATOR_KINDS
-
 if TYPE_CHECKING:
     from paracell.trace.store import Trace
 
 
 def trace_caveats(trace: Trace) -> list[str]:
     """Return one sentence per gap in ``trace`` that makes model results incomplete."""
+    from paracell.trace.schema import ALLOCATOR_KINDS
+
     manifest = trace.manifest
     notes = []
     lost = manifest.lost_total
