@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from paracell.cli._common import add_json_argument, print_json
+from paracell.cli._common import add_json_argument, make_console, print_json
 from paracell.errors import ParacellError
 
 if TYPE_CHECKING:
@@ -76,9 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return make_console()
 
 
 def _print(console: Console, result: Calibration, output: Path | None) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ from paracell.cli._common import (
     add_trace_arguments,
     announce_first_compile,
     load_traces,
+    make_console,
     print_json,
 )
 from paracell.cli.results import record_run
@@ -166,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return make_console()
 
 
 def _mib(nbytes: float | int | None) -> str:
