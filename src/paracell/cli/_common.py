@@ -179,3 +179,21 @@ def singular(unit: str | None) -> str:
     """Return the singular of a manifest's operation unit ("requests" -> "request")."""
     unit = unit or "operation"
     return unit[:-1] if unit.endswith("s") else unit
+
+
+def parse_size(text: str, option: str) -> int:
+    """Return the bytes of ``text``: a plain integer, or a number with a unit (MiB)."""
+    from paracell.costs.units import convert, parse_quantity
+    from paracell.errors import ParacellError
+
+    try:
+        value, unit = parse_quantity(text)
+        nbytes = int(convert(value, unit or "B", "bytes"))
+    except ValueError as exc:
+        raise ParacellError(
+            f"{option} {text!r} is not a size: {exc}",
+            hint="write e.g. 1073741824 or 512MiB",
+        ) from None
+    if nbytes <= 0:
+        raise ParacellError(f"{option} {text!r} must be a positive size")
+    return nbytes

@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paracell.cli.live import parse_size
+    from paracell.cli._common import parse_size
     from paracell.costs import write_profile
     from paracell.live.calibrate import calibrate
 

@@ -13,6 +13,7 @@ from paracell.cli._common import (
     announce_first_compile,
     load_traces,
     make_console,
+    parse_size,
     print_json,
 )
 from paracell.cli.results import record_run
@@ -88,23 +89,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_profile_argument(parser)
     add_json_argument(parser)
     add_save_arguments(parser)
-
-
-def parse_size(text: str, option: str) -> int:
-    """Return the bytes of ``text``: a plain integer, or a number with a unit (MiB)."""
-    from paracell.costs.units import convert, parse_quantity
-
-    try:
-        value, unit = parse_quantity(text)
-        nbytes = int(convert(value, unit or "B", "bytes"))
-    except ValueError as exc:
-        raise ParacellError(
-            f"{option} {text!r} is not a size: {exc}",
-            hint="write e.g. 1073741824 or 512MiB",
-        ) from None
-    if nbytes <= 0:
-        raise ParacellError(f"{option} {text!r} must be a positive size")
-    return nbytes
 
 
 def _plot_path(base: Path, trace_name: str, several: bool) -> Path:

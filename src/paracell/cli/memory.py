@@ -15,6 +15,7 @@ from paracell.cli._common import (
     check_plot_path,
     load_traces,
     make_console,
+    parse_size,
     print_json,
     progress_bar,
     unique_labels,
@@ -83,19 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_save_arguments(parser)
 
 
-def _parse_size(text: str) -> int:
-    from paracell.costs.units import convert, parse_quantity
-
-    try:
-        value, unit = parse_quantity(text)
-        return int(convert(value, unit or "B", "bytes"))
-    except ValueError as exc:
-        raise ParacellError(
-            f"--guest-ram {text!r} is not a size: {exc}",
-            hint="write e.g. 4GiB or 512MiB",
-        ) from None
-
-
 def _plot_path(base: Path, trace_name: str, several: bool) -> Path:
     if not several:
         return base
@@ -110,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     costs = load_costs(args.profile)
     policies = args.policy or list(ALL)
-    guest_ram = _parse_size(args.guest_ram) if args.guest_ram else None
+    guest_ram = parse_size(args.guest_ram, "--guest-ram") if args.guest_ram else None
     if args.vcpus is not None and args.vcpus < 1:
         raise ParacellError(f"--vcpus {args.vcpus} is invalid; give 1 or more")
     for option, path in (("--plot", args.plot), ("--sweep-plot", args.sweep_plot)):
@@ -230,7 +218,7 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
             m["placement"],
             f"{m['mean_footprint_bytes'] / _MIB:.1f}",
             f"{m['peak_footprint_bytes'] / _MIB:.1f}",
-            f"{m['gib_seconds']:.2f}",
+            f"{m['gib_seconds']:.3g}",
             f"{m['waste_fraction'] * 100:.2f}",
             f"{m['secondary_faults']}",
             f"{m['hypercalls']}",
