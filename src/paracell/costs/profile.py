@@ -191,5 +191,8 @@ def write_profile(
             "note": e.get("note", ""),
         }
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(tomli_w.dumps({"meta": meta, "params": params}))
-    tmp.replace(path)
+    try:
+        tmp.write_text(tomli_w.dumps({"meta": meta, "params": params}))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
