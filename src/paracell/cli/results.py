@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from paracell.reports.saving import results_dir
     from paracell.reports.store import ResultsStore
 
-    with ResultsStore(results_dir(args), create=False) as store:
+    with ResultsStore(results_dir(args), readonly=True) as store:
         if args.show:
             return _show(store, args.show, args.json)
         if args.query:
