@@ -439,3 +439,40 @@ def test_model_command_save_flag(
     assert rows[0][0] == command
     assert rows[0][1] == load_trace(redis).content_hash()
     assert rows[0][2] > 10
+
+
+def test_store_in_readonly_directory_names_cause(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    command = [
+        sys.executable,
+        "-c",
+        "import sys\n"
+        "from paracell.errors import ResultsError\n"
+        "from paracell.reports.store import ResultsStore\n"
+        "try:\n"
+        "    ResultsStore(sys.argv[1])\n"
+        "except ResultsError as exc:\n"
+        "    print(exc)\n",
+        str(locked),
+    ]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's write override")
+        command = ["setpriv", "--bounding-set=-dac_override", *command]
+    locked.chmod(0o555)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert "cannot open the results store" in done.stdout
+    assert f"check that you can write to {locked}" in done.stdout
+    assert "not a paracell results database" not in done.stdout
+
+
+def test_cli_results_negative_limit(tmp_path: Path) -> None:
+    ResultsStore(tmp_path).close()
+    with pytest.raises(SystemExit) as info:
+        main(["results", "--results", str(tmp_path), "--limit", "-1"])
+    assert info.value.code == 2

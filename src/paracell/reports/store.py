@@ -300,6 +300,14 @@ class ResultsStore:
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._init_schema()
+        except sqlite3.OperationalError as exc:
+            # Raised when SQLite cannot open, create or lock the file, as in a
+            # directory without write permission.
+            raise ResultsError(
+                f"{self.path}: cannot open the results store ({exc})",
+                hint=f"check that you can write to {self.results_dir}, "
+                "or choose another --results",
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise ResultsError(
                 f"{self.path}: cannot open the results store ({exc})",
@@ -328,11 +336,16 @@ class ResultsStore:
             row = self._conn.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise ResultsError(
+                f"{self.path}: cannot open the results store read-only ({exc})",
+                hint="SQLite needs to create the store's -shm file beside it, so "
+                f"check that you can write to {self.results_dir}",
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise ResultsError(
                 f"{self.path}: cannot open the results store read-only ({exc})",
-                hint="it is not a paracell results database, or SQLite cannot "
-                "create its -shm file beside it; check the directory's permissions",
+                hint="it is not a paracell results database; choose another --results",
             ) from None
         if row is None or int(row[0]) != SCHEMA_VERSION:
             found = "no schema version" if row is None else f"schema version {row[0]}"
