@@ -110,3 +110,12 @@ def test_manifest_bad_field(tmp_path):
         match="manifest.json, value 'batch': field 'workload.kind' must be one of server, agent",
     ):
         load_trace(trace.path)
+
+
+def test_manifest_negative_operations(tmp_path):
+    trace = small_trace(tmp_path / "t")
+    raw = json.loads((trace.path / "manifest.json").read_text())
+    raw["workload"]["operations"] = -5
+    (trace.path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(TraceFormatError, match="'workload.operations' must not be negative"):
+        load_trace(trace.path)
