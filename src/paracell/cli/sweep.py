@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_cell_count,
         default=DEFAULT_MAX_CELLS,
         metavar="N",
-        help="reject a grid of more than N cells before running or listing any "
-        f"(default: {DEFAULT_MAX_CELLS:,})",
+        help="reject a grid of more than N cells before running any "
+        f"(default: {DEFAULT_MAX_CELLS:,}); --dry-run still prints its size",
     )
     parser.add_argument(
         "--dry-run",
