@@ -476,3 +476,18 @@ def test_cli_results_negative_limit(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         main(["results", "--results", str(tmp_path), "--limit", "-1"])
     assert info.value.code == 2
+
+
+def test_save_target_checked_before_modelling(tmp_path, capsys):
+    from paracell.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    trace = tmp_path / "no-such-trace"
+    # The store check comes before the trace is read, so the missing trace is
+    # never reached: the error names the results path.
+    status = main(["latency", "--save", "--results", str(blocker / "r"), str(trace)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert str(blocker / "r") in err
+    assert "Traceback" not in err

@@ -36,7 +36,7 @@ from paracell.cli._common import (
 )
 from paracell.cli.results import record_run
 from paracell.errors import ModelError, ParacellError
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from paracell.models.memory.replay import replay_kernel
 
     costs = load_costs(args.profile)
+    check_save_target(args)
     traces = load_traces(args.traces)
     announce_first_compile(replay_kernel, syscall_totals)
     labels = unique_labels([t.name for t in traces])

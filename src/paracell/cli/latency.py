@@ -17,7 +17,7 @@ from paracell.cli._common import (
 )
 from paracell.cli.results import record_run
 from paracell.costs import DEPLOYMENTS
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
 from paracell.trace.caveats import trace_caveats
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from paracell.models.latency import classify, evaluate_events, sensitivity
 
     costs = load_costs(args.profile)
+    check_save_target(args)
     runtimes = _ordered(args.runtime, RUNTIME_NAMES)
     deployments = _ordered(args.deployment, DEPLOYMENTS)
     traces = load_traces(args.traces)

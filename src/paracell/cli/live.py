@@ -18,7 +18,7 @@ from paracell.cli._common import (
 )
 from paracell.cli.results import record_run
 from paracell.errors import ParacellError
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         )
     options = LiveOptions(speed=args.speed, sample_ns=int(args.sample_ms * 1e6))
     costs = load_costs(args.profile)
+    check_save_target(args)
     traces = load_traces(args.traces)
     from paracell.live.executor import execute_chunk
     from paracell.models.memory.replay import replay_kernel

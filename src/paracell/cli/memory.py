@@ -22,7 +22,7 @@ from paracell.cli._common import (
 )
 from paracell.cli.results import record_run
 from paracell.errors import ParacellError
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
 from paracell.trace.caveats import trace_caveats
 
 POLICY_NAMES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from paracell.models.memory.replay import replay_kernel
 
     costs = load_costs(args.profile)
+    check_save_target(args)
     policies = args.policy or list(ALL)
     guest_ram = parse_size(args.guest_ram, "--guest-ram") if args.guest_ram else None
     if args.vcpus is not None and args.vcpus < 1:
