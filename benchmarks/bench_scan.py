@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 
 from paracell.isolation.patterns import find_pkru_writers
-from paracell.isolation.scanner import ElfScanner, _executable_segments
+from paracell.isolation.scanner import (
+    ElfScanner,
+    _executable_segments,
+    _identify_x86,
+)
 
 TARGET_MB_S = 100.0
 SECTION = "## Scanner speed"
@@ -46,7 +50,11 @@ def _executable_bytes(paths: list[str]) -> list[bytes]:
     chunks = []
     for name in paths:
         with open(name, "rb") as stream:
-            segments = _executable_segments(stream, Path(name).stat().st_size)
+            size = Path(name).stat().st_size
+            arch = _identify_x86(stream.read(20), size)
+            if isinstance(arch, str):
+                continue
+            segments = _executable_segments(stream, size, arch)
             if isinstance(segments, str):
                 continue
             with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:

@@ -13,8 +13,9 @@ import pytest
 
 from paracell.cli import main
 from paracell.costs import default_costs
+from paracell.errors import ParacellError
 from paracell.models import latency
-from paracell.reports.chrome_trace import merge_windows
+from paracell.reports.chrome_trace import merge_windows, min_slices, prepare_slices
 from paracell.trace import load_trace, shipped_trace_paths
 
 # Each dur is dur_ns / 1000 rounded once to the nearest double (relative error
@@ -153,3 +154,68 @@ def test_export_unknown_runtime_exit_2(
     assert status == 2
     assert "xen" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_max_events_is_exact_bound(tmp_path: Path) -> None:
+    trace_path = _shipped("redis")
+    timeline = latency.timeline(
+        load_trace(trace_path), default_costs(), "pvm", "bare-metal"
+    )
+    nr_classes = min_slices(timeline)
+    assert nr_classes > 1
+    for max_events in (nr_classes, nr_classes + 1, 50, 1000):
+        slices = _check_schema(
+            _export(
+                tmp_path,
+                trace_path,
+                "pvm",
+                "bare-metal",
+                "--max-events",
+                str(max_events),
+            )
+        )
+        assert len(slices) <= max_events, max_events
+    assert len(slices) > 500
+
+
+def test_max_events_below_class_count_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace_path = _shipped("redis")
+    timeline = latency.timeline(
+        load_trace(trace_path), default_costs(), "pvm", "bare-metal"
+    )
+    nr_classes = min_slices(timeline)
+    out = tmp_path / "x.json"
+    argv = ["export", str(trace_path), "--runtime", "pvm", "-o", str(out)]
+    assert main([*argv, "--max-events", str(nr_classes - 1)]) == 2
+    err = capsys.readouterr().err
+    assert f"the timeline has {nr_classes} event classes" in err
+    assert f"give --max-events {nr_classes} or more" in err
+    assert not out.exists()
+    # A window too narrow for the bound is rejected rather than overrun.
+    assert main([*argv, "--max-events", "1000", "--window-us", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "more than the maximum of 1,000" in err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_slices_rejects_too_few(tmp_path: Path) -> None:
+    timeline = latency.timeline(
+        load_trace(_shipped("redis")), default_costs(), "pvm", "bare-metal"
+    )
+    with pytest.raises(ParacellError, match="merging keeps one slice per event class"):
+        prepare_slices(timeline, max_events=1)
+
+
+def test_export_output_path_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["export", str(_shipped("redis")), "--runtime", "pvm", "-o"]
+    assert main([*argv, str(tmp_path / "missing" / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"directory {tmp_path / 'missing'} does not exist" in err
+    assert main([*argv, str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -159,6 +159,8 @@ def cost_tables(draw):
         if param.name not in parameters_used() or param.unit in ("GHz", "pages"):
             continue
         top = 3 * max(param.high or 0.0, param.value, 1.0)
+        if param.unit == "ratio":
+            top = 1.0  # a share cannot exceed 1; the table rejects more
         values[param.key] = draw(st.floats(0, top, allow_nan=False))
     return COSTS.replace_values(values)
 
@@ -188,7 +190,11 @@ RAISABLE = sorted(
 @given(workloads(), st.sampled_from(RAISABLE), st.floats(1.0, 10.0))
 def test_raising_a_cost_never_lowers_a_total(workload, key, factor):
     events, end = workload
-    raised = COSTS.replace_values({key: COSTS.param(*key).value * factor + 1.0})
+    param = COSTS.param(*key)
+    value = param.value * factor + 1.0
+    if param.unit == "ratio":
+        value = min(value, 1.0)
+    raised = COSTS.replace_values({key: value})
     with written(build(events, end), end) as trace:
         before = overheads(trace)
         after = overheads(trace, raised)

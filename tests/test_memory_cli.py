@@ -134,3 +134,35 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert "--guest-ram" in err
     assert main(["memory", str(tmp_path / "missing")]) == 2
     assert "trace not found" in capsys.readouterr().err
+
+
+def test_same_names_kept_apart(tmp_path, capsys):
+    trace = small_trace(tmp_path)
+    plot = tmp_path / "fp.png"
+    argv = ["memory", str(trace.path), str(trace.path), "--json", "--plot", str(plot)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    document = json.loads(captured.out)
+    assert sorted(document["traces"]) == ["cli-small", "cli-small-2"]
+    assert (tmp_path / "fp-cli-small.png").stat().st_size > 0
+    assert (tmp_path / "fp-cli-small-2.png").stat().st_size > 0
+    assert f"wrote {tmp_path / 'fp-cli-small-2.png'}" in captured.err
+
+
+def test_bad_plot_path_rejected_before_work(tmp_path, capsys):
+    trace = small_trace(tmp_path)
+    for target, message in [
+        (tmp_path / "fp.txt", "unsupported plot format '.txt'"),
+        (tmp_path / "missing" / "fp.png", "does not exist"),
+    ]:
+        assert main(["memory", str(trace.path), "--plot", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err
+        assert "Traceback" not in err
+
+
+def test_damon_on_short_trace_is_explained(tmp_path, capsys):
+    trace = small_trace(tmp_path)
+    assert main(["memory", str(trace.path), "--json", "--policy", "damon"]) == 0
+    notes = json.loads(capsys.readouterr().out)["traces"]["cli-small"]["notes"]
+    assert any("damon reclaims nothing" in note for note in notes)

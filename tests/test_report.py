@@ -228,3 +228,48 @@ def test_chromium_reports_console_errors(tmp_path: Path) -> None:
         errors = browser.load(page_path.as_uri()).errors()
     assert any("boom from test" in line for line in errors)
     assert any("undefinedFunction" in line for line in errors)
+
+
+def test_report_output_path_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = str(shipped_trace_paths()[0])
+    taken = tmp_path / "taken"
+    taken.write_text("not a directory\n")
+    assert main(["report", trace, "--out", str(taken)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert main(["report", trace, "--out", str(taken / "sub")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert taken.read_text() == "not a directory\n"
+
+
+def test_report_readonly_directory_exit_2(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "paracell",
+        "report",
+        str(shipped_trace_paths()[0]),
+        "--out",
+        str(locked / "report"),
+    ]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's write override")
+        command = ["setpriv", "--bounding-set=-dac_override", *command]
+    locked.chmod(0o555)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 2
+    assert f"no permission to write in {locked}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert list(locked.iterdir()) == []

@@ -7,12 +7,18 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from paracell.cli import main
-from paracell.isolation.scanner import ElfScanner, ScanHit, ScanReport
+from paracell.isolation.scanner import (
+    ElfScanner,
+    ScanHit,
+    ScanReport,
+    demangle_symbols,
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None, reason="gcc is needed to build the test ELF files"
@@ -241,8 +247,17 @@ def test_skips_with_reasons(built: dict[str, Path], tmp_path: Path) -> None:
     tree = tmp_path / "root"
     tree.mkdir()
     (tree / "notes.txt").write_text("not an ELF file\n")
+    # A 32-bit x86 header is parsed like any x86 file. This one has no
+    # program headers.
     (tree / "i386.elf").write_bytes(_elf_header(1, 3))
     (tree / "aarch64.elf").write_bytes(_elf_header(2, 183))
+    (tree / "arm.elf").write_bytes(_elf_header(1, 40))
+    (tree / "i386-in-elf64.elf").write_bytes(_elf_header(2, 3))
+    big_endian = bytearray(_elf_header(2, 0))
+    big_endian[5] = 2
+    big_endian[18:20] = (62).to_bytes(2, "big")
+    (tree / "big-endian-x86.elf").write_bytes(bytes(big_endian))
+    (tree / "bad-class.elf").write_bytes(_elf_header(7, 62))
     data = built["gadgets"].read_bytes()
     (tree / "short-header").write_bytes(data[:40])
     (tree / "cut-tables").write_bytes(data[:100])
@@ -251,8 +266,14 @@ def test_skips_with_reasons(built: dict[str, Path], tmp_path: Path) -> None:
     report = _scan(tree)
     reasons = _reasons(report)
     assert reasons["notes.txt"] == "not ELF"
-    assert reasons["i386.elf"].startswith("not x86-64: ELF32")
-    assert reasons["aarch64.elf"] == "not x86-64: ELF64, e_machine 183"
+    assert reasons["i386.elf"] == "no executable segment"
+    assert reasons["aarch64.elf"] == "not x86: ELF64, e_machine 183"
+    assert reasons["arm.elf"] == "not x86: ELF32, e_machine 40"
+    assert reasons["i386-in-elf64.elf"] == "invalid ELF: ELF64 with e_machine 3 (i386)"
+    assert (
+        reasons["big-endian-x86.elf"] == "invalid ELF: ELF64, e_machine 62, EI_DATA 2"
+    )
+    assert reasons["bad-class.elf"] == "invalid ELF: EI_CLASS 7"
     assert reasons["short-header"].startswith("truncated")
     assert reasons["cut-tables"].startswith("truncated: program headers")
     assert reasons["cut-text"].startswith("truncated: segment")
@@ -260,10 +281,21 @@ def test_skips_with_reasons(built: dict[str, Path], tmp_path: Path) -> None:
     assert report.files_scanned == 0
     assert report.skipped_by_reason() == {
         "truncated": 3,
-        "not x86-64": 2,
+        "invalid ELF": 3,
+        "no executable segment": 2,
+        "not x86": 2,
         "not ELF": 1,
-        "no executable segment": 1,
     }
+    # Files that may be code but could not be checked are kept apart.
+    unscanned = sorted(Path(s.path).name for s in report.files_unscanned())
+    assert unscanned == [
+        "bad-class.elf",
+        "big-endian-x86.elf",
+        "cut-tables",
+        "cut-text",
+        "i386-in-elf64.elf",
+        "short-header",
+    ]
 
 
 def test_links_are_not_followed_out_of_the_tree(
@@ -293,6 +325,129 @@ def test_file_named_twice_is_scanned_once(built: dict[str, Path]) -> None:
     report = _scan(built["gadgets"], built["gadgets"])
     assert report.files_scanned == 1
     assert len(report.hits) == 7
+
+
+# 32-bit x86 code: PKU applies in compatibility mode too. `dec %eax` is 48,
+# the REX.W prefix in 64-bit mode, so it must not turn XRSTOR into XRSTOR64.
+GADGETS_32_S = r"""
+    .text
+    .globl _start
+_start:
+    ret
+
+    .globl aligned_wrpkru
+    .type aligned_wrpkru, @function
+aligned_wrpkru:
+    .byte 0x0f, 0x01, 0xef
+    ret
+    .size aligned_wrpkru, . - aligned_wrpkru
+
+    .globl dec_then_xrstor
+    .type dec_then_xrstor, @function
+dec_then_xrstor:
+    dec %eax
+    xrstor (%edi)
+    ret
+    .size dec_then_xrstor, . - dec_then_xrstor
+
+    .globl _ZN5outer6gadgetEi
+    .type _ZN5outer6gadgetEi, @function
+_ZN5outer6gadgetEi:
+    movl $0xef010f90, %eax      # b8 90 0f 01 ef
+    ret
+    .size _ZN5outer6gadgetEi, . - _ZN5outer6gadgetEi
+"""
+
+# x32 code runs in 64-bit mode, so here 48 is a REX.W prefix.
+GADGETS_X32_S = r"""
+    .text
+    .globl _start
+_start:
+    ret
+
+    .globl xrstor64_mem
+    .type xrstor64_mem, @function
+xrstor64_mem:
+    xrstor64 (%rdi)
+    ret
+    .size xrstor64_mem, . - xrstor64_mem
+"""
+
+
+def _gcc_nostdlib(tmp_path: Path, name: str, source: str, flag: str) -> Path:
+    src = tmp_path / f"{name}.S"
+    src.write_text(source)
+    out = tmp_path / name
+    done = subprocess.run(
+        ["gcc", flag, "-nostdlib", "-static", "-no-pie", "-o", str(out), str(src)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"gcc {flag} cannot build here: {done.stderr.strip()[-200:]}")
+    return out
+
+
+def test_i386_file_is_scanned_in_32bit_mode(tmp_path: Path) -> None:
+    binary = _gcc_nostdlib(tmp_path, "gadgets32", GADGETS_32_S, "-m32")
+    symbols = _symbols(binary)
+    report = _scan(binary)
+    assert report.files_scanned == 1
+    assert report.files_skipped == []
+    hits = _by_symbol(report)
+    assert set(hits) == {"aligned_wrpkru", "dec_then_xrstor", "_ZN5outer6gadgetEi"}
+    [aligned] = hits["aligned_wrpkru"]
+    assert aligned.vaddr == symbols["aligned_wrpkru"]
+    assert aligned.kind == "wrpkru"
+    assert aligned.aligned
+    assert aligned.arch == "i386"
+    [xrstor] = hits["dec_then_xrstor"]
+    assert xrstor.vaddr == symbols["dec_then_xrstor"] + 1
+    assert xrstor.kind == "xrstor"
+    assert xrstor.instruction == "xrstor ptr [edi]"
+    assert [i.text for i in xrstor.context][:1] == ["dec eax"]
+    [hidden] = hits["_ZN5outer6gadgetEi"]
+    assert hidden.vaddr == symbols["_ZN5outer6gadgetEi"] + 2
+    assert not hidden.aligned
+    assert [i.text for i in hidden.overlapping] == ["mov eax, 0xef010f90"]
+
+
+def test_x32_file_is_scanned_in_64bit_mode(tmp_path: Path) -> None:
+    binary = _gcc_nostdlib(tmp_path, "gadgets-x32", GADGETS_X32_S, "-mx32")
+    symbols = _symbols(binary)
+    [hit] = _scan(binary).hits
+    assert hit.arch == "x32"
+    assert hit.kind == "xrstor64"
+    assert hit.vaddr == symbols["xrstor64_mem"] + 1
+    assert hit.aligned
+
+
+def test_mangled_symbol_is_demangled(tmp_path: Path) -> None:
+    if shutil.which("c++filt") is None:
+        pytest.skip("c++filt (binutils) is not installed")
+    binary = _gcc_nostdlib(tmp_path, "gadgets32", GADGETS_32_S, "-m32")
+    hits = _by_symbol(_scan(binary))
+    [hit] = hits["_ZN5outer6gadgetEi"]
+    assert hit.symbol_demangled == "outer::gadget(int)"
+    [plain] = hits["aligned_wrpkru"]
+    assert plain.symbol_demangled is None
+
+
+def test_demangle_without_cxxfilt_keeps_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert demangle_symbols(["_ZN5outer6gadgetEi", "pkey_set"]) == {}
+
+
+def test_demangle_batch_maps_each_name() -> None:
+    if shutil.which("c++filt") is None:
+        pytest.skip("c++filt (binutils) is not installed")
+    names = ["_ZN5outer6gadgetEi", "pkey_set", "_Z3foov", "_ZN5outer6gadgetEi"]
+    assert demangle_symbols(names) == {
+        "_ZN5outer6gadgetEi": "outer::gadget(int)",
+        "_Z3foov": "foo()",
+    }
 
 
 # -- command line ---------------------------------------------------------------
@@ -350,7 +505,7 @@ def test_cli_text_output(
 ) -> None:
     assert main(["scan", "--context", "1", str(built["gadgets"])]) == 1
     out = capsys.readouterr().out
-    assert "1 ELF files scanned" in out
+    assert "1 ELF file scanned" in out
     assert "inside other instructions" in out
     assert "a jump to" in out
     assert "7 hits: 0 allowed, 7 not allowed" in out
@@ -366,6 +521,115 @@ def test_cli_bad_usage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit) as info:
         main(["scan", "--context", "-2", str(tmp_path)])
     assert info.value.code == 2
+
+
+def test_cli_singular_wording(
+    built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = _scan(built["gadgets"])
+    allow = tmp_path / "allow.txt"
+    names = {h.symbol for h in report.hits} - {"span_page"}
+    allow.write_text("".join(f"gadgets:{name}\n" for name in sorted(names)))
+    assert main(["scan", "--allow", str(allow), str(built["gadgets"])]) == 1
+    out = capsys.readouterr().out
+    assert "1 ELF file scanned" in out
+    assert "7 hits: 6 allowed, 1 not allowed" in out
+    only = tmp_path / "one"
+    only.mkdir()
+    shutil.copy(built["clean"], only / "clean")
+    (only / "notes.txt").write_text("text\n")
+    assert main(["scan", str(only)]) == 0
+    out = capsys.readouterr().out
+    assert "1 ELF file scanned" in out
+    assert "\n0 hits: 0 allowed, 0 not allowed\n" in out
+
+
+def test_cli_single_hit_is_singular(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = _gcc_nostdlib(tmp_path, "gadgets-x32", GADGETS_X32_S, "-mx32")
+    assert main(["scan", str(binary)]) == 1
+    out = capsys.readouterr().out
+    assert "\n1 hit: 0 allowed, 1 not allowed\n" in out
+    assert "x32" in out
+
+
+def test_cli_truncated_file_exit_3(
+    built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tmp_path / "root"
+    tree.mkdir()
+    shutil.copy(built["clean"], tree / "clean")
+    (tree / "cut").write_bytes(built["gadgets"].read_bytes()[:5000])
+    (tree / "notes.txt").write_text("text\n")
+    assert main(["scan", str(tree)]) == 3
+    out = capsys.readouterr().out
+    assert f"not scanned {tree / 'cut'}: truncated: segment" in out
+    assert "notes.txt" not in out
+    assert "1 file could not be scanned" in out
+    status, document = _run_json(capsys, str(tree))
+    assert status == 3
+    assert document["files_unscanned"] == 1
+    flags = {Path(s["path"]).name: s["unscanned"] for s in document["files_skipped"]}
+    assert flags == {"cut": True, "notes.txt": False}
+    assert main(["scan", "--allow-unscanned", str(tree)]) == 0
+    assert "accepted with --allow-unscanned" in capsys.readouterr().out
+
+
+def test_cli_hits_take_precedence_over_unscanned(
+    built: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cut = tmp_path / "cut"
+    cut.write_bytes(built["gadgets"].read_bytes()[:100])
+    assert main(["scan", str(built["gadgets"]), str(cut)]) == 1
+    assert "not scanned" in capsys.readouterr().out
+
+
+def _run_without_read_override(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run paracell with no right to read files whose mode forbids it.
+
+    As root, the capabilities that bypass file modes are removed from the
+    child's bounding set, so root reads only what its owner bits allow.
+    """
+    command = [sys.executable, "-m", "paracell", *argv]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's read override")
+        command = [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            *command,
+        ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_unreadable_files_exit_3(built: dict[str, Path], tmp_path: Path) -> None:
+    tree = tmp_path / "root"
+    (tree / "locked-dir").mkdir(parents=True)
+    shutil.copy(built["clean"], tree / "clean")
+    shutil.copy(built["clean"], tree / "locked-file")
+    shutil.copy(built["gadgets"], tree / "locked-dir" / "hidden")
+    (tree / "locked-file").chmod(0)
+    (tree / "locked-dir").chmod(0)
+    try:
+        done = _run_without_read_override(["scan", str(tree)])
+        assert done.returncode == 3, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+        assert f"not scanned {tree / 'locked-file'}: unreadable" in done.stdout
+        assert f"not scanned {tree / 'locked-dir'}: unreadable: directory" in (
+            done.stdout
+        )
+        assert "2 files could not be scanned" in done.stdout
+        allowed = _run_without_read_override(
+            ["scan", "--allow-unscanned", "--json", str(tree)]
+        )
+        assert allowed.returncode == 0, allowed.stderr
+        document = json.loads(allowed.stdout)
+        assert document["files_scanned"] == 1
+        assert document["files_unscanned"] == 2
+    finally:
+        (tree / "locked-dir").chmod(0o755)
+        (tree / "locked-file").chmod(0o644)
 
 
 # -- the system's own trees ---------------------------------------------------------

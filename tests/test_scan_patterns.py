@@ -113,3 +113,42 @@ def test_matches_capstone_at_every_offset(parts: list[bytes]) -> None:
                 expected.add(offset)
     found = {h.offset for h in find_pkru_writers(padded) if h.offset < len(data)}
     assert found == expected
+
+
+def test_32bit_mode_has_no_rex_prefix() -> None:
+    # In 32-bit mode 48 is `dec eax`, so the XRSTOR after it is not XRSTOR64.
+    data = bytes.fromhex("48 0fae2f 90 0f01ef")
+    hits = find_pkru_writers(data, bits=32)
+    assert [(h.offset, h.kind) for h in hits] == [
+        (1, WriterKind.XRSTOR),
+        (5, WriterKind.WRPKRU),
+    ]
+    assert not hits[0].rex_w
+    assert hits[0].mnemonic == "xrstor"
+    assert find_pkru_writers(data, bits=64)[0].mnemonic == "xrstor64"
+
+
+def test_invalid_mode_rejected() -> None:
+    with pytest.raises(ValueError, match="bits must be 32 or 64"):
+        find_pkru_writers(b"\x0f\x01\xef", bits=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=6) | SIGNATURES, max_size=24))
+def test_matches_capstone_in_32bit_mode(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    padded = data + bytes(16)
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_32)
+    expected = {}
+    for offset in range(len(data)):
+        if padded[offset] != 0x0F:
+            continue
+        for insn in decoder.disasm(padded[offset : offset + 15], 0, count=1):
+            if insn.mnemonic in WRITER_MNEMONICS:
+                expected[offset] = insn.mnemonic
+    found = {
+        h.offset: h.mnemonic
+        for h in find_pkru_writers(padded, bits=32)
+        if h.offset < len(data)
+    }
+    assert found == expected

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,115 @@ def test_query_cannot_modify_store(tmp_path: Path) -> None:
         store.add_run(RunRecord(command="memory", result={"x": 2}))
         _, rows = store.query("SELECT count(*) FROM runs")
         assert rows == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "denied"),
+    [
+        ("ATTACH '{outside}/evil.db' AS e", "ATTACH of"),
+        ("VACUUM INTO '{outside}/copy.db'", "ATTACH of"),
+        ("PRAGMA journal_mode = DELETE", "PRAGMA journal_mode = DELETE"),
+        ("PRAGMA user_version = 7", "PRAGMA user_version = 7"),
+        ("CREATE TEMP TABLE t (x)", "INSERT on sqlite_temp_master"),
+        ("BEGIN", "BEGIN (a transaction)"),
+        ("DETACH main", "DETACH"),
+        ("DELETE FROM runs", "DELETE on runs"),
+    ],
+)
+@pytest.mark.parametrize("readonly", [True, False], ids=["readonly", "writable"])
+def test_query_creates_and_changes_nothing(
+    tmp_path: Path, sql: str, denied: str, readonly: bool
+) -> None:
+    results = tmp_path / "results"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with ResultsStore(results) as store:
+        store.add_run(RunRecord(command="memory", result={"x": 1}))
+    with ResultsStore(results, readonly=readonly) as store:
+        with pytest.raises(ResultsError) as caught:
+            store.query(sql.format(outside=outside))
+        message = str(caught.value)
+        assert message.startswith(f"query failed: {denied}")
+        assert "\n" not in message
+        _, rows = store.query("SELECT count(*) FROM runs")
+        assert rows == [(1,)]
+        _, mode = store.query("PRAGMA journal_mode")
+        assert mode == [("wal",)]
+        _, version = store.query("PRAGMA user_version")
+        assert version == [(0,)]
+    assert list(outside.iterdir()) == []
+
+
+def test_query_allows_reads(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path) as store:
+        store.add_run(RunRecord(command="memory", result={"x": 1, "y": 2}))
+    with ResultsStore(tmp_path, readonly=True) as store:
+        columns, rows = store.query("PRAGMA table_info(metrics)")
+        assert "name" in columns
+        assert [r[1] for r in rows] == ["run_id", "key", "value"]
+        _, rows = store.query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+            "WHERE i < 3) SELECT sum(i) FROM n"
+        )
+        assert rows == [(6,)]
+        _, rows = store.query(
+            "SELECT json_extract(result_json, '$.y') FROM runs WHERE command = ?",
+            ("memory",),
+        )
+        assert rows == [(2,)]
+        with pytest.raises(ResultsError, match="function load_extension"):
+            store.query("SELECT load_extension('/nonexistent')")
+
+
+def test_readonly_store_in_readonly_directory(tmp_path: Path) -> None:
+    with ResultsStore(tmp_path) as store:
+        store.add_run(RunRecord(command="memory", result={"x": 1}))
+    # The last writer removes the -wal and -shm files when it closes.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paracell.sqlite"]
+    command = [
+        sys.executable,
+        "-m",
+        "paracell",
+        "results",
+        "--results",
+        str(tmp_path),
+        "--query",
+        "SELECT count(*) AS n FROM runs",
+        "--json",
+    ]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's write override")
+        command = ["setpriv", "--bounding-set=-dac_override", *command]
+    tmp_path.chmod(0o555)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        tmp_path.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [{"n": 1}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["paracell.sqlite"]
+
+
+def test_readonly_store_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ResultsError, match="results store not found"):
+        ResultsStore(tmp_path, readonly=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_query_attach_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results"
+    ResultsStore(results).close()
+    evil = tmp_path / "evil.db"
+    sql = f"ATTACH '{evil}' AS e"
+    assert main(["results", "--results", str(results), "--query", sql]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "ATTACH of" in err
+    assert "Traceback" not in err
+    assert not evil.exists()
 
 
 def test_duplicate_cell_stored_once(tmp_path: Path) -> None:
@@ -329,3 +439,55 @@ def test_model_command_save_flag(
     assert rows[0][0] == command
     assert rows[0][1] == load_trace(redis).content_hash()
     assert rows[0][2] > 10
+
+
+def test_store_in_readonly_directory_names_cause(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    command = [
+        sys.executable,
+        "-c",
+        "import sys\n"
+        "from paracell.errors import ResultsError\n"
+        "from paracell.reports.store import ResultsStore\n"
+        "try:\n"
+        "    ResultsStore(sys.argv[1])\n"
+        "except ResultsError as exc:\n"
+        "    print(exc)\n",
+        str(locked),
+    ]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's write override")
+        command = ["setpriv", "--bounding-set=-dac_override", *command]
+    locked.chmod(0o555)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finally:
+        locked.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert "cannot open the results store" in done.stdout
+    assert f"check that you can write to {locked}" in done.stdout
+    assert "not a paracell results database" not in done.stdout
+
+
+def test_cli_results_negative_limit(tmp_path: Path) -> None:
+    ResultsStore(tmp_path).close()
+    with pytest.raises(SystemExit) as info:
+        main(["results", "--results", str(tmp_path), "--limit", "-1"])
+    assert info.value.code == 2
+
+
+def test_save_target_checked_before_modelling(tmp_path, capsys):
+    from paracell.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    trace = tmp_path / "no-such-trace"
+    # The store check comes before the trace is read, so the missing trace is
+    # never reached: the error names the results path.
+    status = main(["latency", "--save", "--results", str(blocker / "r"), str(trace)])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert str(blocker / "r") in err
+    assert "Traceback" not in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,9 +20,14 @@ from paracell.errors import ResultsError
 from paracell.reports.store import ResultsStore, to_json
 from paracell.reports.sweep import (
     Cell,
+    LinearValues,
     cell_id_for,
+    check_grid_size,
+    count_cells,
     evaluate_cell,
     expand_cells,
+    iter_cells,
+    load_sweep_traces,
     read_spec,
 )
 from paracell.trace import shipped_trace_paths
@@ -404,3 +411,208 @@ def test_rejected_cells_do_not_stop_sweep(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "2 of 2 cells failed" in again.stderr
     assert len(_stored_cells(results)) == 2
+
+
+def _redis_path() -> Path:
+    return next(p for p in shipped_trace_paths() if p.name == "redis")
+
+
+def _huge_range_spec(directory: Path, num: int) -> Path:
+    return _write_spec(
+        directory,
+        f'name = "huge"\ntraces = ["{_redis_path()}"]\n[latency]\n'
+        '[[params]]\nname = "runv.exit"\n'
+        f'range = {{ start = "1 us", stop = "5 us", num = {num} }}\n',
+    )
+
+
+def test_huge_range_is_counted_not_built(tmp_path: Path) -> None:
+    spec = read_spec(_huge_range_spec(tmp_path, 100_000_000))
+    traces = load_sweep_traces(spec)
+    [axis] = spec.axes
+    assert len(axis.values) == 100_000_000
+    assert axis.values[0] == 1000.0
+    assert axis.values[-1] == 5000.0
+    assert count_cells(spec, traces) == 100_000_000 * 4 * 2
+    with pytest.raises(ResultsError) as caught:
+        check_grid_size(spec, traces, 100_000)
+    message = str(caught.value)
+    assert "800,000,000 cells" in message
+    assert "1 trace x 100,000,000 grid points x 8 model cells per point" in message
+    assert "--max-cells" in message
+    first = list(itertools.islice(iter_cells(spec, traces), 9))
+    assert [c.values[0][2] for c in first[:8]] == [1000.0] * 8
+    assert first[8].values[0][2] == pytest.approx(1000.00004)
+
+
+def test_cli_huge_grid_rejected_exit_2(tmp_path: Path) -> None:
+    spec = _huge_range_spec(tmp_path, 100_000_000)
+    results = tmp_path / "results"
+    for extra in ([], ["--dry-run"]):
+        done = subprocess.run(
+            _sweep_command(spec, results, *extra),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "800,000,000 cells" in done.stderr
+        assert "Traceback" not in done.stderr
+    # The dry run still prints the size and the first cells.
+    document = json.loads(done.stdout)
+    assert document["nr_cells"] == 800_000_000
+    assert document["nr_stored"] is None
+    assert len(document["first_cells"]) == 5
+    assert not results.exists()
+
+
+def test_cli_max_cells_option(tmp_path: Path) -> None:
+    spec = _write_spec(tmp_path, GRID_SPEC)
+    results = tmp_path / "results"
+    rejected = subprocess.run(
+        _sweep_command(spec, results, "--max-cells", "223"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rejected.returncode == 2
+    assert "the grid has 224 cells" in rejected.stderr
+    assert "more than the maximum of 223" in rejected.stderr
+    assert not results.exists()
+    accepted = subprocess.run(
+        _sweep_command(spec, results, "--max-cells", "224", "--dry-run"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["nr_cells"] == 224
+    bad = subprocess.run(
+        _sweep_command(spec, results, "--max-cells", "0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "cell count 0 is less than 1" in bad.stderr
+
+
+def test_dry_run_counts_stored_cells(tmp_path: Path) -> None:
+    spec_path = _write_spec(tmp_path, GRID_SPEC)
+    results = tmp_path / "results"
+    cells = expand_cells(read_spec(spec_path))
+    with ResultsStore(results) as store:
+        for cell in cells[:3]:
+            store.add_runs([_record_for(cell)])
+    command = _sweep_command(spec_path, results, "--dry-run")
+    command.remove("--json")
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == (
+        "sweep grid: 224 cells (4 traces x 7 grid points x 8 model cells per "
+        "point), 3 already stored"
+    )
+    assert lines[1].split()[0] == cells[0].cell_id[:12]
+    assert lines[-1] == "  ... and 219 more"
+
+
+def _record_for(cell: Cell) -> Any:
+    from paracell.reports.store import RunRecord
+
+    return RunRecord(command="sweep", result={"x": 1}, cell_id=cell.cell_id)
+
+
+def test_iter_cells_matches_product_order(tmp_path: Path) -> None:
+    spec = read_spec(
+        _write_spec(
+            tmp_path,
+            f'traces = ["{_redis_path()}"]\n[memory]\npolicies = ["pager"]\n'
+            '[[params]]\nname = "memory.pager.reserve"\n'
+            'values = ["128 pages", "256 pages"]\n'
+            '[[params]]\nname = "memory.balloon.chunk"\n'
+            "range = { start = 64, stop = 256, num = 3 }\n",
+        )
+    )
+    points = [tuple(v for _, _, v in c.values) for c in iter_cells(spec)]
+    expected = list(itertools.product(spec.axes[0].values, spec.axes[1].values))
+    assert points == expected
+    assert len(points) == count_cells(spec, load_sweep_traces(spec))
+
+
+def test_same_trace_twice_counted_once(tmp_path: Path) -> None:
+    spec = read_spec(
+        _write_spec(
+            tmp_path,
+            f'traces = ["shipped", "{_redis_path()}"]\n[latency]\n'
+            'runtimes = ["pvm"]\ndeployments = ["nested"]\n',
+        )
+    )
+    assert len(spec.trace_paths) == 4
+    traces = load_sweep_traces(spec)
+    assert len(traces) == 4
+    cells = expand_cells(spec, traces)
+    assert len(cells) == count_cells(spec, traces) == 4
+    assert len({c.cell_id for c in cells}) == 4
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            '[[params]]\nname = "runv.exit"\nvalues = [1]\n'
+            '[[params]]\nname = "runv.exit"\ndeployment = "nested"\nvalues = [2]\n',
+            "params[1]: runv.exit [nested] is already set by params[0]",
+        ),
+        (
+            '[[params]]\nname = "runv.exit"\n'
+            "range = { start = 1, stop = 1.0000000000000002, num = 3 }\n",
+            "params[0].range.num: 3 values between 1 and 1 ns are closer than a "
+            "double can tell apart",
+        ),
+    ],
+    ids=["overlapping-axes", "range-too-fine"],
+)
+def test_spec_rejects_repeated_cells(tmp_path: Path, params: str, message: str) -> None:
+    with pytest.raises(ResultsError) as caught:
+        read_spec(_write_spec(tmp_path, "[latency]\n" + params))
+    assert message in str(caught.value)
+
+
+def test_range_with_equal_ends_is_one_value(tmp_path: Path) -> None:
+    spec = read_spec(
+        _write_spec(
+            tmp_path,
+            '[latency]\n[[params]]\nname = "runv.exit"\n'
+            'range = { start = "2 us", stop = "2 us", num = 5 }\n',
+        )
+    )
+    assert list(spec.axes[0].values) == [2000.0]
+
+
+def test_linear_values_sequence() -> None:
+    values = LinearValues(0.0, 10.0, 6)
+    assert len(values) == 6
+    assert values[1] == 2.0
+    assert values[-1] == 10.0
+    assert values[1:3] == [2.0, 4.0]
+    assert values == (0.0, 2.0, 4.0, 6.0, 8.0, 10.0)
+    assert values != (0.0, 2.0)
+    with pytest.raises(IndexError):
+        values[6]
+
+
+def test_scheduler_help_uses_loopback(capsys: pytest.CaptureFixture[str]) -> None:
+    from paracell.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "tcp://127.0.0.1:8786" in help_text
+    assert "10.0.0." not in help_text
+    assert "--max-cells N" in help_text

@@ -275,3 +275,12 @@ def test_read_only_file_system_reported(tiny_tmpfs):
     subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
     with pytest.raises(TraceFormatError, match="Read-only file system"):
         check_output(tiny_tmpfs / "sub" / "t", overwrite=False)
+
+
+def test_manifest_negative_operations(tmp_path):
+    trace = small_trace(tmp_path / "t")
+    raw = json.loads((trace.path / "manifest.json").read_text())
+    raw["workload"]["operations"] = -5
+    (trace.path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(TraceFormatError, match="'workload.operations' must not be negative"):
+        load_trace(trace.path)

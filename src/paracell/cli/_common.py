@@ -7,17 +7,10 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
-from paracell.trace import Trace, load_trace, shipped_trace_paths
+if TYPE_CHECKING:
+    from paracell.trace import Trace
 
 T = TypeVar("T")
 
@@ -50,6 +43,9 @@ def add_json_argument(parser: argparse.ArgumentParser) -> None:
 
 def load_traces(paths: list[Path]) -> list[Trace]:
     """Load the given traces, or every shipped trace when the list is empty."""
+    # Imported here: pyarrow takes a third of a second, too long for --help.
+    from paracell.trace import load_trace, shipped_trace_paths
+
     return [load_trace(p) for p in (paths or shipped_trace_paths())]
 
 
@@ -78,6 +74,14 @@ def progress_bar(
     if quiet or not sys.stderr.isatty():
         yield from items
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -113,3 +117,83 @@ def _is_jit_cached(dispatcher: Any) -> bool:
         return bool(dispatcher._cache._cache_file._load_index())
     except Exception:  # noqa: BLE001 - any failure means "unknown"
         return True
+
+
+def make_console(file: Any = None) -> Any:
+    """Return a rich Console for tables on ``file`` (standard output by default).
+
+    A terminal gets its own width. Piped output takes ``$COLUMNS`` when set,
+    else 120 columns, so tables are not squeezed into 80 columns in a file.
+    """
+    import os
+
+    from rich.console import Console
+
+    file = file or sys.stdout
+    width = None
+    if not (hasattr(file, "isatty") and file.isatty()):
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) > 0 else 120
+    return Console(file=file, width=width, highlight=False)
+
+
+def unique_labels(names: list[str]) -> list[str]:
+    """Return the names with ``-2``, ``-3`` ... added to repeats so outputs differ."""
+    seen: dict[str, int] = {}
+    labels = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return labels
+
+
+# File suffixes matplotlib writes without extra packages.
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(path: Path, option: str) -> None:
+    """Raise ParacellError unless a plot can be written to ``path``.
+
+    Checked before any work starts, so a long run does not fail at its end.
+    """
+    import os
+
+    from paracell.errors import ParacellError
+
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise ParacellError(
+            f"{option} {path}: unsupported plot format {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(PLOT_SUFFIXES)}"
+        )
+    parent = path.parent
+    if not parent.is_dir():
+        raise ParacellError(
+            f"{option} {path}: directory {parent} does not exist",
+            hint="create it first",
+        )
+    if not os.access(parent, os.W_OK):
+        raise ParacellError(f"{option} {path}: directory {parent} is not writable")
+
+
+def singular(unit: str | None) -> str:
+    """Return the singular of a manifest's operation unit ("requests" -> "request")."""
+    unit = unit or "operation"
+    return unit[:-1] if unit.endswith("s") else unit
+
+
+def parse_size(text: str, option: str) -> int:
+    """Return the bytes of ``text``: a plain integer, or a number with a unit (MiB)."""
+    from paracell.costs.units import convert, parse_quantity
+    from paracell.errors import ParacellError
+
+    try:
+        value, unit = parse_quantity(text)
+        nbytes = int(convert(value, unit or "B", "bytes"))
+    except ValueError as exc:
+        raise ParacellError(
+            f"{option} {text!r} is not a size: {exc}",
+            hint="write e.g. 1073741824 or 512MiB",
+        ) from None
+    if nbytes <= 0:
+        raise ParacellError(f"{option} {text!r} must be a positive size")
+    return nbytes

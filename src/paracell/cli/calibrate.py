@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from paracell.cli._common import add_json_argument, print_json
+from paracell.cli._common import add_json_argument, make_console, print_json
 from paracell.errors import ParacellError
 
 if TYPE_CHECKING:
@@ -41,18 +41,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_json_argument(parser)
 
 
+def _check_output(path: Path) -> None:
+    """Reject an unusable -o before the measurements, which take several seconds."""
+    import os
+
+    if not path.parent.is_dir():
+        raise ParacellError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise ParacellError(
+            f"{path} is a directory; give a file name such as host.toml"
+        )
+    if not os.access(path.parent, os.W_OK):
+        raise ParacellError(f"{path}: directory {path.parent} is not writable")
+
+
 def run(args: argparse.Namespace) -> int:
-    from paracell.cli.live import parse_size
+    from paracell.cli._common import parse_size
     from paracell.costs import write_profile
     from paracell.live.calibrate import calibrate
 
     max_rss = parse_size(args.max_rss, "--max-rss")
     if args.repeats < 3:
         raise ParacellError(f"--repeats {args.repeats} is invalid; give 3 or more")
-    if args.output is not None and not args.output.parent.is_dir():
-        raise ParacellError(
-            f"{args.output}: directory {args.output.parent} does not exist"
-        )
+    if args.output is not None:
+        _check_output(args.output)
     show = not (args.json or args.quiet) and sys.stderr.isatty()
 
     def progress(step: str) -> None:
@@ -76,9 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return make_console()
 
 
 def _print(console: Console, result: Calibration, output: Path | None) -> None:

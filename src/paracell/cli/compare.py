@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,12 +28,15 @@ from paracell.cli._common import (
     add_trace_arguments,
     announce_first_compile,
     load_traces,
+    make_console,
     print_json,
     progress_bar,
+    singular,
+    unique_labels,
 )
 from paracell.cli.results import record_run
 from paracell.errors import ModelError, ParacellError
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,11 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from paracell.models.memory.replay import replay_kernel
 
     costs = load_costs(args.profile)
+    check_save_target(args)
     traces = load_traces(args.traces)
     announce_first_compile(replay_kernel, syscall_totals)
+    labels = unique_labels([t.name for t in traces])
     documents = []
-    for trace in progress_bar(traces, len(traces), "comparing", quiet=args.quiet):
-        documents.append(compare_trace(trace, costs))
+    for trace, label in progress_bar(
+        list(zip(traces, labels, strict=True)), len(traces), "comparing", args.quiet
+    ):
+        documents.append(compare_trace(trace, costs, label))
         record_run(args, "compare", trace, documents[-1][0])
     document = {
         "tool_version": __version__,
@@ -93,17 +102,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compare_trace(
-    trace: Trace, costs: CostTable
+    trace: Trace, costs: CostTable, label: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run both models on one trace; return its JSON summary and the report objects."""
     from paracell.models import latency, memory
+    from paracell.trace.caveats import trace_caveats
 
     summary: dict[str, Any] = {
-        "name": trace.name,
+        "name": label or trace.name,
+        "workload": trace.name,
         "path": str(trace.path),
         "kind": trace.manifest.workload.kind,
         "duration_ns": trace.manifest.duration_ns,
-        "notes": [],
+        "notes": trace_caveats(trace),
     }
     reports: dict[str, Any] = {"trace": trace, "memory": None, "latency": None}
     first_touch = pager_bound = None
@@ -111,7 +122,7 @@ def compare_trace(
         mem = memory.evaluate(trace, costs)
     except ModelError as exc:
         # A trace without allocator events (an strace import) still has a
-        # latency result; say why its memory table is missing.
+        # latency result; the notes state why its memory table is missing.
         summary["notes"].append(f"memory model skipped: {exc}")
         summary["memory"] = {}
     else:
@@ -124,19 +135,31 @@ def compare_trace(
     )
     reports["latency"] = lat
     summary["latency"] = lat.to_dict()
-    if first_touch is None:
-        summary["notes"].append(
-            "first touches counted from the trace's distinct allocated frames"
-        )
+    summary["notes"] += _linking_notes(reports["memory"], costs, first_touch)
     return summary, reports
 
 
-def _console(file: Any) -> Console:
-    from rich.console import Console
+def _linking_notes(mem: Any, costs: CostTable, first_touch: int | None) -> list[str]:
+    """Say where the latency model's page counts came from and how faults are priced."""
+    if mem is None:
+        return []
+    pager = mem.runs["pager"]
+    fault_us = (
+        costs.get("memory.first_touch_unbound") - costs.get("memory.first_touch_bound")
+    ) / 1e3
+    return [
+        f"latency: RunV and PVM take {first_touch:,} first-touch faults (the memory "
+        f"model's static policy on {mem.runs['static'].placement} placement) and "
+        f"ParaCell's Pager binds {int(pager.metrics['pages_bound']):,} pages; "
+        "`paracell latency` alone counts the trace's distinct allocated frames",
+        f"memory: overhead prices a secondary fault at {fault_us:.1f} us, as "
+        "measured on a PVM guest nested in a cloud VM; the latency table prices "
+        "first touches per runtime and deployment",
+    ]
 
-    # Piped output gets a fixed width so tables are not squeezed to 80 columns.
-    width = None if file.isatty() else 120
-    return Console(file=file, width=width, highlight=False)
+
+def _console(file: Any) -> Console:
+    return make_console(file)
 
 
 def render_trace(
@@ -150,25 +173,43 @@ def render_trace(
         f"{m.duration_ns / 1e9:.2f} s traced on {m.cpu_count} CPUs, kernel "
         f"{m.kernel_release}; {sum(m.event_counts.values()):,} events"
     )
-    console.print(latency_table(reports["latency"]))
-    console.print(reduction_table(reports["latency"]))
+    tables = [latency_table(reports["latency"]), reduction_table(reports["latency"])]
     if reports["memory"] is not None:
-        console.print(memory_table(reports["memory"]))
+        tables.append(memory_table(reports["memory"]))
+    for table in tables:
+        console.print()
+        console.print(table)
+    console.print()
     for note in summary["notes"]:
         console.print(f"note: {note}")
+    console.print()
+
+
+def _table(title: str) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    # A light box and one space of padding keep the widest table in 80 columns.
+    return Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+        show_edge=False,
+        title_justify="left",
+    )
 
 
 def latency_table(report: Any) -> Any:
-    from rich.table import Table
-
     ops = report.operations
-    table = Table(title="Latency: modelled total time")
-    table.add_column("runtime")
+    table = _table("Latency: modelled total time, ms")
+    table.add_column("runtime", no_wrap=True)
     for deployment in ("bare-metal", "nested"):
-        table.add_column(f"{deployment} ms", justify="right")
-        table.add_column("x runc", justify="right")
+        table.add_column(deployment, justify="right", no_wrap=True)
+        table.add_column("x runc", justify="right", no_wrap=True)
         if ops:
-            table.add_column(f"us/{report.operation_unit or 'op'}", justify="right")
+            table.add_column(f"us/{singular(report.operation_unit)}", justify="right")
     for runtime, label in RUNTIME_LABELS.items():
         if runtime not in report.results:
             continue
@@ -186,43 +227,42 @@ def latency_table(report: Any) -> Any:
 
 
 def reduction_table(report: Any) -> Any:
-    from rich.table import Table
-
-    table = Table(title="ParaCell's reduction of total time (model vs published claim)")
-    for name in ("against", "deployment", "model", "claim"):
-        table.add_column(
-            name, justify="right" if name in ("model", "claim") else "left"
-        )
+    table = _table("ParaCell's reduction of total time: model vs published claim")
+    table.add_column("against", no_wrap=True)
+    table.add_column("deployment", no_wrap=True)
+    table.add_column("model", justify="right", no_wrap=True)
+    table.add_column("claim", justify="right", no_wrap=True)
     table.add_column("why they differ", overflow="fold", max_width=70)
     for r in report.reductions:
         table.add_row(
             RUNTIME_LABELS.get(r.baseline, r.baseline),
             r.deployment,
-            f"{r.model_percent:.1f} %",
-            f"{r.claim_percent:.0f} %",
+            f"{r.model_percent:.1f}%",
+            f"{r.claim_percent:.0f}%",
             r.reason,
         )
     return table
 
 
-def memory_table(report: Any) -> Any:
-    from rich.table import Table
+# (header, justify); units go in the title so values stay narrow.
+_MEMORY_COLUMNS = [
+    ("policy", "left"),
+    ("placement", "left"),
+    ("mean", "right"),
+    ("peak", "right"),
+    ("GiB*s", "right"),
+    ("waste", "right"),
+    ("2nd\nfaults", "right"),
+    ("calls", "right"),
+    ("host\nms", "right"),
+    ("pager\nsaves", "right"),
+]
 
-    table = Table(title="Memory: modelled host footprint per policy")
-    columns = [
-        ("policy", "left"),
-        ("placement", "left"),
-        ("mean MiB", "right"),
-        ("peak MiB", "right"),
-        ("GiB x s", "right"),
-        ("waste", "right"),
-        ("2nd faults", "right"),
-        ("hypercalls", "right"),
-        ("overhead ms", "right"),
-        ("pager saves", "right"),
-    ]
-    for name, justify in columns:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+
+def memory_table(report: Any) -> Any:
+    table = _table("Memory: modelled footprint in MiB; faults, calls and host time")
+    for name, justify in _MEMORY_COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     savings = report.savings()
     for policy, run in report.runs.items():
         mt = run.metrics
@@ -232,14 +272,28 @@ def memory_table(report: Any) -> Any:
             run.placement,
             f"{mt['mean_footprint_bytes'] / 2**20:,.1f}",
             f"{mt['peak_footprint_bytes'] / 2**20:,.1f}",
-            f"{mt['gib_seconds']:.3f}",
-            f"{mt['waste_fraction'] * 100:.2f} %",
-            f"{int(mt['secondary_faults']):,}",
+            _gib_seconds(mt["gib_seconds"]),
+            f"{mt['waste_fraction'] * 100:.1f}%",
+            _faults(mt),
             f"{int(mt['hypercalls']):,}",
-            f"{mt['overhead_ns'] / 1e6:,.2f}",
-            "-" if policy == "pager" or saved is None else f"{saved * 100:.1f} %",
+            f"{mt['overhead_ns'] / 1e6:,.1f}",
+            "-" if policy == "pager" or saved is None else f"{saved * 100:.1f}%",
         )
     return table
+
+
+def _faults(metrics: dict[str, Any]) -> str:
+    # 2 MiB policies fault whole frames; count those apart from 4 KiB faults.
+    huge = int(metrics.get("faults_2m", 0))
+    small = int(metrics["secondary_faults"])
+    if huge and not small:
+        return f"{huge:,} x2M"
+    return f"{small:,}" + (f"+{huge:,}x2M" if huge else "")
+
+
+def _gib_seconds(value: float) -> str:
+    # Short traces have footprints of a few MiB for a second or two.
+    return f"{value:.3g}" if value < 1 else f"{value:,.2f}"
 
 
 def write_outputs(
@@ -247,37 +301,47 @@ def write_outputs(
     document: dict[str, Any],
     documents: list[tuple[dict[str, Any], dict[str, Any]]],
 ) -> None:
-    """Write compare.json, compare.txt and a footprint plot per trace to ``out``."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ParacellError(
-            f"{out}: cannot create output directory ({exc.strerror})"
-        ) from None
-    _write_atomic(
-        out / "compare.json", json.dumps(document, indent=2, default=_plain) + "\n"
-    )
-    buffer = io.StringIO()
-    console = _console(buffer)
-    for summary, reports in documents:
-        render_trace(console, summary, reports)
-    console.print(MODELLED_NOTE)
-    _write_atomic(out / "compare.txt", buffer.getvalue())
-    for summary, reports in documents:
-        if reports["memory"] is not None:
-            _plot_footprint(reports["memory"], out / f"footprint-{summary['name']}.png")
+    """Write a footprint plot per trace, compare.txt and compare.json to ``out``.
 
-
-def _plot_footprint(report: Any, path: Path) -> None:
+    Every file is written under a temporary name and renamed into place, and
+    compare.json comes last, so an interrupted run leaves no truncated file.
+    """
     from paracell.models.memory.plot import plot_footprints
 
-    plot_footprints(report, path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for summary, reports in documents:
+            if reports["memory"] is not None:
+                path = out / f"footprint-{summary['name']}.png"
+                _replace_atomically(path, partial(plot_footprints, reports["memory"]))
+                written.append(path)
+        buffer = io.StringIO()
+        console = _console(buffer)
+        for summary, reports in documents:
+            render_trace(console, summary, reports)
+        console.print(MODELLED_NOTE)
+        text = buffer.getvalue()
+        _replace_atomically(out / "compare.txt", lambda tmp: tmp.write_text(text))
+        body = json.dumps(document, indent=2, default=_plain) + "\n"
+        _replace_atomically(out / "compare.json", lambda tmp: tmp.write_text(body))
+    except OSError as exc:
+        raise ParacellError(
+            f"{exc.filename or out}: cannot write output ({exc.strerror})",
+            hint="choose a writable --out directory",
+        ) from None
+    names = ", ".join(p.name for p in [*written, out / "compare.txt"])
+    print(f"paracell: wrote {out}/compare.json, {names}", file=sys.stderr)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    # The temporary name keeps the suffix: matplotlib picks the format from it.
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _plain(value: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from paracell.cli._common import add_json_argument, add_profile_argument, print_json
@@ -74,13 +73,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_table(params: list[Param], used_sources: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    from paracell.cli._common import make_console
+
+    console = make_console()
     table = Table(title="Cost parameters", title_justify="left", show_lines=False)
-    for column in ("name", "deployment", "value", "unit", "source", "description"):
+    # Names are what a profile must spell exactly, so they never wrap.
+    table.add_column("name", no_wrap=True)
+    for column in ("deployment", "value", "unit", "source", "description"):
         table.add_column(column, overflow="fold")
     for p in params:
         unit, factor = display_unit(p)

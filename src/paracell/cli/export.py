@@ -47,7 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="largest number of slices to write before merging (default: 250000)",
+        help="maximum number of slices written (default: 250000). Above it, "
+        "slices of one class are merged within time windows, and at least one "
+        "slice per event class remains, so N must be at least the number of "
+        "classes",
     )
     add_profile_argument(parser)
 
@@ -58,9 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from paracell.models import latency
     from paracell.reports.chrome_trace import (
         DEFAULT_MAX_EVENTS,
+        min_slices,
         prepare_slices,
         write_chrome_trace,
     )
+    from paracell.reports.output import check_output_file
     from paracell.trace import load_trace
 
     if args.window_us is not None and not args.window_us > 0:
@@ -70,15 +75,30 @@ def run(args: argparse.Namespace) -> int:
     max_events = args.max_events if args.max_events is not None else DEFAULT_MAX_EVENTS
     if max_events < 1:
         raise ParacellError(f"--max-events {max_events}: expected at least 1")
+    check_output_file(args.output)
     trace = load_trace(args.trace)
     costs = load_costs(args.profile)
     timeline = latency.timeline(trace, costs, args.runtime, args.deployment)
+    nr_classes = min_slices(timeline)
+    if max_events < nr_classes:
+        raise ParacellError(
+            f"--max-events {max_events}: the timeline has {nr_classes} event "
+            "classes, and merging keeps at least one slice per class",
+            hint=f"give --max-events {nr_classes} or more",
+        )
     window_ns = round(args.window_us * 1000) if args.window_us is not None else None
-    slices = prepare_slices(
-        timeline,
-        window_ns=max(1, window_ns) if window_ns else None,
-        max_events=max_events,
-    )
+    try:
+        slices = prepare_slices(
+            timeline,
+            window_ns=max(1, window_ns) if window_ns else None,
+            max_events=max_events,
+        )
+    except ParacellError as exc:
+        # Only a given --window-us can leave more slices than --max-events,
+        # because the smaller limit was checked above.
+        raise ParacellError(
+            f"--window-us {args.window_us:g}, --max-events {max_events}: {exc}"
+        ) from None
     try:
         nr_events = write_chrome_trace(
             args.output,

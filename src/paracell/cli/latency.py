@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TYPE_CHECKING, Any
 
 from paracell.cli._common import (
@@ -11,12 +10,15 @@ from paracell.cli._common import (
     add_profile_argument,
     add_trace_arguments,
     load_traces,
+    make_console,
     print_json,
     progress_bar,
+    singular,
 )
 from paracell.cli.results import record_run
 from paracell.costs import DEPLOYMENTS
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
+from paracell.trace.caveats import trace_caveats
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,11 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from paracell.models.latency import classify, evaluate_events, sensitivity
 
     costs = load_costs(args.profile)
+    check_save_target(args)
     runtimes = _ordered(args.runtime, RUNTIME_NAMES)
     deployments = _ordered(args.deployment, DEPLOYMENTS)
     traces = load_traces(args.traces)
     documents: list[dict[str, Any]] = []
-    console = None if args.json else _console()
+    printed: list[tuple[str, Any, Any, list[str]]] = []
     for trace in progress_bar(traces, len(traces), "modelling", quiet=args.quiet):
         events = classify(trace)
         report = evaluate_events(events, costs, runtimes, deployments)
@@ -80,33 +83,38 @@ def run(args: argparse.Namespace) -> int:
             if args.sensitivity
             else None
         )
+        notes = trace_caveats(trace)
         record_run(args, "latency", trace, report.to_dict())
-        if console is None:
-            document: dict[str, Any] = {
-                "trace": report.trace_name,
-                "path": str(trace.path),
-                "modelled": True,
-                "nr_events": report.nr_events,
-                "concurrency": report.concurrency,
-                "mean_busy_cpus": report.mean_busy_cpus,
-                "results": report.to_dict(),
-            }
-            if sens is not None:
-                document["sensitivity"] = sens.to_dict()
-            documents.append(document)
-        else:
-            _print_report(console, str(trace.path), report, runtimes, deployments)
-            if sens is not None:
-                _print_sensitivity(console, sens, deployments)
-    if console is None:
+        document: dict[str, Any] = {
+            "trace": report.trace_name,
+            "path": str(trace.path),
+            "modelled": True,
+            "nr_events": report.nr_events,
+            "concurrency": report.concurrency,
+            "mean_busy_cpus": report.mean_busy_cpus,
+            "results": report.to_dict(),
+            "notes": notes,
+        }
+        if sens is not None:
+            document["sensitivity"] = sens.to_dict()
+        documents.append(document)
+        printed.append((str(trace.path), report, sens, notes))
+    if args.json:
         print_json({"modelled": True, "traces": documents})
+        return 0
+    # Printed after the loop so tables do not interleave with the progress bar.
+    console = _console()
+    for path, report, sens, notes in printed:
+        _print_report(console, path, report, runtimes, deployments)
+        if sens is not None:
+            _print_sensitivity(console, sens, deployments)
+        for note in notes:
+            console.print(f"note: {note}")
     return 0
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return make_console()
 
 
 def _ms(ns: float) -> str:
@@ -156,7 +164,7 @@ def _print_report(
     console.print(totals)
     if report.operations:
         console.print(
-            f"us/op: modelled time per {report.operation_unit or 'operation'} "
+            f"us/op: modelled time per {singular(report.operation_unit)} "
             f"({report.operations:,} in the trace)"
         )
 

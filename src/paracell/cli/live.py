@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,11 +12,13 @@ from paracell.cli._common import (
     add_trace_arguments,
     announce_first_compile,
     load_traces,
+    make_console,
+    parse_size,
     print_json,
 )
 from paracell.cli.results import record_run
 from paracell.errors import ParacellError
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -90,23 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_save_arguments(parser)
 
 
-def parse_size(text: str, option: str) -> int:
-    """Return the bytes of ``text``: a plain integer, or a number with a unit (MiB)."""
-    from paracell.costs.units import convert, parse_quantity
-
-    try:
-        value, unit = parse_quantity(text)
-        nbytes = int(convert(value, unit or "B", "bytes"))
-    except ValueError as exc:
-        raise ParacellError(
-            f"{option} {text!r} is not a size: {exc}",
-            hint="write e.g. 1073741824 or 512MiB",
-        ) from None
-    if nbytes <= 0:
-        raise ParacellError(f"{option} {text!r} must be a positive size")
-    return nbytes
-
-
 def _plot_path(base: Path, trace_name: str, several: bool) -> Path:
     if not several:
         return base
@@ -131,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         )
     options = LiveOptions(speed=args.speed, sample_ns=int(args.sample_ms * 1e6))
     costs = load_costs(args.profile)
+    check_save_target(args)
     traces = load_traces(args.traces)
     from paracell.live.executor import execute_chunk
     from paracell.models.memory.replay import replay_kernel
@@ -166,9 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _console() -> Console:
-    from rich.console import Console
-
-    return Console(width=None if sys.stdout.isatty() else 120, highlight=False)
+    return make_console()
 
 
 def _mib(nbytes: float | int | None) -> str:

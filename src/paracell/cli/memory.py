@@ -12,13 +12,18 @@ from paracell.cli._common import (
     add_profile_argument,
     add_trace_arguments,
     announce_first_compile,
+    check_plot_path,
     load_traces,
+    make_console,
+    parse_size,
     print_json,
     progress_bar,
+    unique_labels,
 )
 from paracell.cli.results import record_run
 from paracell.errors import ParacellError
-from paracell.reports.saving import add_save_arguments
+from paracell.reports.saving import add_save_arguments, check_save_target
+from paracell.trace.caveats import trace_caveats
 
 POLICY_NAMES = ("static", "thp", "fpr", "balloon", "damon", "hyperalloc", "pager")
 PLACEMENT_NAMES = ("buddy", "llfree", "trace")
@@ -79,19 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_save_arguments(parser)
 
 
-def _parse_size(text: str) -> int:
-    from paracell.costs.units import convert, parse_quantity
-
-    try:
-        value, unit = parse_quantity(text)
-        return int(convert(value, unit or "B", "bytes"))
-    except ValueError as exc:
-        raise ParacellError(
-            f"--guest-ram {text!r} is not a size: {exc}",
-            hint="write e.g. 4GiB or 512MiB",
-        ) from None
-
-
 def _plot_path(base: Path, trace_name: str, several: bool) -> Path:
     if not several:
         return base
@@ -102,20 +94,26 @@ def _plot_path(base: Path, trace_name: str, several: bool) -> Path:
 def run(args: argparse.Namespace) -> int:
     from paracell.costs import load_costs
     from paracell.models.memory import ALL, AllocatorEvents, evaluate
-
-    costs = load_costs(args.profile)
-    policies = args.policy or list(ALL)
-    guest_ram = _parse_size(args.guest_ram) if args.guest_ram else None
-    if args.vcpus is not None and args.vcpus < 1:
-        raise ParacellError(f"--vcpus {args.vcpus} is invalid; give 1 or more")
-    sweep = args.pager_sweep or args.sweep_plot is not None
-    traces = load_traces(args.traces)
     from paracell.models.memory.replay import replay_kernel
 
+    costs = load_costs(args.profile)
+    check_save_target(args)
+    policies = args.policy or list(ALL)
+    guest_ram = parse_size(args.guest_ram, "--guest-ram") if args.guest_ram else None
+    if args.vcpus is not None and args.vcpus < 1:
+        raise ParacellError(f"--vcpus {args.vcpus} is invalid; give 1 or more")
+    for option, path in (("--plot", args.plot), ("--sweep-plot", args.sweep_plot)):
+        if path is not None:
+            check_plot_path(path, option)
+    sweep = args.pager_sweep or args.sweep_plot is not None
+    traces = load_traces(args.traces)
+    labels = unique_labels([t.name for t in traces])
     announce_first_compile(replay_kernel)
     quiet = getattr(args, "quiet", False)
     document: dict[str, Any] = {}
-    for trace in progress_bar(traces, len(traces), "memory model", quiet):
+    printed: list[tuple[Any, dict[str, Any], Any]] = []
+    pairs = list(zip(traces, labels, strict=True))
+    for trace, label in progress_bar(pairs, len(pairs), "memory model", quiet):
         events = AllocatorEvents.from_trace(trace)
         report = evaluate(
             events,
@@ -126,12 +124,12 @@ def run(args: argparse.Namespace) -> int:
             vcpus=args.vcpus,
         )
         entry: dict[str, Any] = report.to_dict()
+        entry["notes"] = trace_caveats(trace) + _policy_notes(report, costs)
+        several = len(traces) > 1
         if args.plot:
             from paracell.models.memory.plot import plot_footprints
 
-            path = plot_footprints(
-                report, _plot_path(args.plot, trace.name, len(traces) > 1)
-            )
+            path = _plot(plot_footprints, report, _plot_path(args.plot, label, several))
             entry["plot"] = str(path)
         points = None
         if sweep:
@@ -144,27 +142,53 @@ def run(args: argparse.Namespace) -> int:
             if args.sweep_plot:
                 from paracell.models.memory.plot import plot_sweep
 
-                path = plot_sweep(
-                    points,
-                    trace.name,
-                    _plot_path(args.sweep_plot, trace.name, len(traces) > 1),
-                )
+                target = _plot_path(args.sweep_plot, label, several)
+                path = _plot(plot_sweep, points, trace.name, target)
                 entry["sweep_plot"] = str(path)
-        document[trace.name] = entry
+        document[label] = entry
         record_run(args, "memory", trace, entry)
-        if not args.json:
-            _print_report(report, entry, points)
+        printed.append((report, entry, points))
+    # Tables are printed after the loop so they do not interleave with the
+    # progress bar on standard error.
     if args.json:
         print_json({"modelled": True, "traces": document})
+    else:
+        for report, entry, points in printed:
+            _print_report(report, entry, points)
+    for entry in document.values():
+        for key in ("plot", "sweep_plot"):
+            if key in entry:
+                print(f"paracell: wrote {entry[key]}", file=sys.stderr)
     return 0
 
 
+def _plot(function: Any, *arguments: Any) -> Any:
+    try:
+        return function(*arguments)
+    except OSError as exc:
+        raise ParacellError(
+            f"{exc.filename}: cannot write plot ({exc.strerror})"
+        ) from None
+
+
+def _policy_notes(report: Any, costs: Any) -> list[str]:
+    """Explain results a reader would otherwise take for a bug."""
+    notes = []
+    damon = report.runs.get("damon")
+    min_age_ns = costs.get("memory.damon.min_age")
+    if damon is not None and report.duration_ns < min_age_ns:
+        notes.append(
+            f"damon reclaims nothing here: its minimum age "
+            f"(memory.damon.min_age, {min_age_ns / 1e9:g} s) is longer than the "
+            f"trace ({report.duration_ns / 1e9:.1f} s)"
+        )
+    return notes
+
+
 def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    # Piped output gets a fixed width wide enough for the tables.
-    console = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 132)
+    console = make_console()
     info = entry["trace"]
     console.print(
         f"[bold]{report.trace_name}[/bold]: {info['duration_ns'] / 1e9:.1f} s, "
@@ -179,7 +203,7 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
         "peak MiB",
         "GiB x s",
         "waste %",
-        "faults",
+        "2nd faults",
         "hypercalls",
         "pages bound",
         "pages unbound",
@@ -195,7 +219,7 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
             m["placement"],
             f"{m['mean_footprint_bytes'] / _MIB:.1f}",
             f"{m['peak_footprint_bytes'] / _MIB:.1f}",
-            f"{m['gib_seconds']:.2f}",
+            f"{m['gib_seconds']:.3g}",
             f"{m['waste_fraction'] * 100:.2f}",
             f"{m['secondary_faults']}",
             f"{m['hypercalls']}",
@@ -251,4 +275,6 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
                 f"{p.overhead_ns / 1e6:.1f}",
             )
         console.print(sweep)
+    for note in entry["notes"]:
+        console.print(f"note: {note}")
     console.print()

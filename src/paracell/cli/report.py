@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from paracell.costs import load_costs
     from paracell.errors import ParacellError
     from paracell.reports.html import evaluate_trace, render_report, write_report
+    from paracell.reports.output import check_output_dir
     from paracell.reports.saving import results_dir
 
+    check_output_dir(args.out)
     costs = load_costs(args.profile)
     traces = load_traces(args.traces)
     store_dir = results_dir(args)

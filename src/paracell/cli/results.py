@@ -12,6 +12,16 @@ from paracell.cli._common import add_json_argument, print_json
 from paracell.errors import ResultsError
 
 
+def _run_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid run count {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"run count {value} is negative")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from paracell.reports.saving import add_results_argument
 
@@ -28,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=_run_count,
         default=50,
         metavar="N",
         help="list at most N runs, newest first (default: 50; 0 lists all)",
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from paracell.reports.saving import results_dir
     from paracell.reports.store import ResultsStore
 
-    with ResultsStore(results_dir(args), create=False) as store:
+    with ResultsStore(results_dir(args), readonly=True) as store:
         if args.show:
             return _show(store, args.show, args.json)
         if args.query:

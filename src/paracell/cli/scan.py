@@ -1,9 +1,16 @@
 """`paracell scan`: find WRPKRU, XRSTOR and XRSTORS byte sequences in ELF files.
 
-Exit status: 0 when every hit is on the allow-list (or there is none), 1 when
-a hit is not, 2 on bad usage. That makes the command usable as a gate in an
-image build. The allow-list format is described in
-``paracell.isolation.allowlist`` and in docs/isolation.md.
+Exit status, so the command can gate an image build:
+
+- 0: every hit is on the allow-list (or there is none) and every file that
+  may hold x86 code was scanned;
+- 1: a hit is not on the allow-list;
+- 2: bad usage;
+- 3: no hit outside the allow-list, but some files could not be scanned
+  (unreadable, truncated or invalid ELF), unless ``--allow-unscanned``.
+
+The allow-list format is described in ``paracell.isolation.allowlist`` and
+in docs/isolation.md.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from paracell.errors import ParacellError
 
 if TYPE_CHECKING:
     from paracell.isolation.scanner import ScanHit, ScanReport
+
+EXIT_HITS = 1
+EXIT_UNSCANNED = 3
 
 
 def _context_count(text: str) -> int:
@@ -59,6 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="list every skipped file with its reason, not only the counts",
     )
+    parser.add_argument(
+        "--allow-unscanned",
+        action="store_true",
+        help="exit 0 even when some files could not be scanned (unreadable, "
+        "truncated or invalid ELF); without it they make the exit status 3",
+    )
+    parser.epilog = (
+        "exit status: 0 no hit outside the allow-list, 1 a hit not allowed, "
+        "2 bad usage, 3 some files could not be scanned (see --allow-unscanned)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,23 +86,32 @@ def run(args: argparse.Namespace) -> int:
     from paracell.isolation.scanner import ElfScanner
 
     for path in args.paths:
-        if not path.exists() and not path.is_symlink():
+        try:
+            path.lstat()
+        except FileNotFoundError:
             raise ParacellError(
                 f"{path}: no such file or directory", hint="check the PATH"
-            )
+            ) from None
+        except OSError:
+            # A path below a directory without search permission, for
+            # example. The scanner records it as a file it could not scan.
+            pass
     allow = AllowList.load(args.allow) if args.allow else AllowList()
     report = ElfScanner(context_instructions=args.context).scan_paths(args.paths)
     for hit in report.hits:
         hit.allowed = allow.allows(hit.file, hit.offset, hit.symbol)
     rejected = [hit for hit in report.hits if not hit.allowed]
+    unscanned = report.files_unscanned()
     if args.json:
         print_json(
             {
                 "files_scanned": report.files_scanned,
                 "files_skipped": [
-                    {"path": s.path, "reason": s.reason} for s in report.files_skipped
+                    {"path": s.path, "reason": s.reason, "unscanned": s.unscanned}
+                    for s in report.files_skipped
                 ],
                 "skipped_by_reason": report.skipped_by_reason(),
+                "files_unscanned": len(unscanned),
                 "bytes_scanned": report.bytes_scanned,
                 "elapsed_s": round(report.elapsed_s, 3),
                 "hits": [hit.to_json() for hit in report.hits],
@@ -90,12 +119,23 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     else:
-        _print_text(report, rejected, args.list_skipped)
-    return 1 if rejected else 0
+        _print_text(report, rejected, args.list_skipped, args.allow_unscanned)
+    if rejected:
+        return EXIT_HITS
+    if unscanned and not args.allow_unscanned:
+        return EXIT_UNSCANNED
+    return 0
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 def _print_text(
-    report: ScanReport, rejected: list[ScanHit], list_skipped: bool
+    report: ScanReport,
+    rejected: list[ScanHit],
+    list_skipped: bool,
+    allow_unscanned: bool,
 ) -> None:
     out = sys.stdout
     megabytes = report.bytes_scanned / 1e6
@@ -104,18 +144,28 @@ def _print_text(
         f"{count} {reason}" for reason, count in report.skipped_by_reason().items()
     )
     out.write(
-        f"{report.files_scanned} ELF files scanned ({megabytes:.1f} MB of executable "
-        f"segments in {report.elapsed_s:.2f} s, {rate:.0f} MB/s); "
+        f"{_count(report.files_scanned, 'ELF file')} scanned ({megabytes:.1f} MB of "
+        f"executable segments in {report.elapsed_s:.2f} s, {rate:.0f} MB/s); "
         f"{len(report.files_skipped)} skipped{': ' + reasons if reasons else ''}\n"
     )
-    if list_skipped:
-        for skipped in report.files_skipped:
+    # Files that could not be scanned decide the exit status, so they are
+    # always listed; the others only on request.
+    for skipped in report.files_skipped:
+        if skipped.unscanned:
+            out.write(f"  not scanned {skipped.path}: {skipped.reason}\n")
+        elif list_skipped:
             out.write(f"  skipped {skipped.path}: {skipped.reason}\n")
     for hit in report.hits:
         where = hit.section or "no section"
         if not hit.in_segment:
             where += ", page padding outside the segment"
-        symbol = f" in {hit.symbol}" if hit.symbol else ""
+        if hit.arch != "x86-64":
+            where += f", {hit.arch}"
+        symbol = ""
+        if hit.symbol_demangled:
+            symbol = f" in {hit.symbol_demangled} (symbol {hit.symbol})"
+        elif hit.symbol:
+            symbol = f" in {hit.symbol}"
         placement = (
             "at an instruction start" if hit.aligned else "inside other instructions"
         )
@@ -131,5 +181,17 @@ def _print_text(
         out.write(f"    a jump to {hit.vaddr:#x} executes: {hit.instruction}\n")
     allowed = len(report.hits) - len(rejected)
     out.write(
-        f"\n{len(report.hits)} hits: {allowed} allowed, {len(rejected)} not allowed\n"
+        f"\n{_count(len(report.hits), 'hit')}: {allowed} allowed, "
+        f"{len(rejected)} not allowed\n"
     )
+    unscanned = len(report.files_unscanned())
+    if unscanned:
+        verdict = (
+            "accepted with --allow-unscanned"
+            if allow_unscanned
+            else "exit status 3 unless --allow-unscanned is given"
+        )
+        out.write(
+            f"{_count(unscanned, 'file')} could not be scanned ({verdict}); "
+            "run as a user who can read them, or repair them\n"
+        )

@@ -116,6 +116,7 @@ _GUEST: list[Param] = [
         reasoning="a secure container gets a small VM; 4 GiB holds the agent "
         "workloads' peaks of a few hundred MiB with room to spare, and HA25 "
         "used 16 GiB guests for builds",
+        minimum=4 * _MIB,
     ),
     Param(
         "memory.base_footprint",
@@ -141,6 +142,7 @@ _GUEST: list[Param] = [
         high=64.0,
         reasoning="one vCPU per CPU the workload ran on keeps the per-CPU "
         "allocator state of the capture",
+        integer=True,
     ),
     Param(
         "memory.buddy.pcp_batch",
@@ -166,6 +168,8 @@ _GUEST: list[Param] = [
         "LLF23",
         "2 MiB frames per LLFree tree, the unit a CPU reserves "
         "(TREE_HUGE in LLFree's Rust code)",
+        minimum=1,
+        integer=True,
     ),
 ]
 
@@ -184,6 +188,8 @@ _FPR: list[Param] = [
         "count",
         "LNX",
         "free blocks per report (PAGE_REPORTING_CAPACITY)",
+        minimum=1,
+        integer=True,
     ),
     Param(
         "memory.fpr.order",
@@ -191,6 +197,7 @@ _FPR: list[Param] = [
         "count",
         "LNX",
         "smallest buddy order reported (pageblock order, 2 MiB on x86-64)",
+        integer=True,
     ),
     Param(
         "memory.fpr.budget_divisor",
@@ -199,6 +206,8 @@ _FPR: list[Param] = [
         "LNX",
         "reports per pass and order are limited to nr_free / (capacity x this), "
         "rounded up",
+        minimum=1,
+        integer=True,
     ),
 ]
 
@@ -242,6 +251,7 @@ _BALLOON: list[Param] = [
         "pages per balloon request and per deflation on out-of-memory "
         "(VIRTIO_BALLOON_ARRAY_PFNS_MAX, VIRTIO_BALLOON_OOM_NR_PAGES in "
         "drivers/virtio/virtio_balloon.c)",
+        minimum=1,
     ),
 ]
 
@@ -290,6 +300,8 @@ _DAMON: list[Param] = [
         "LNX",
         "upper bound of DAMON monitoring regions; the model uses fixed regions "
         "of guest RAM / this",
+        minimum=1,
+        integer=True,
     ),
 ]
 
@@ -317,6 +329,7 @@ _PAGER: list[Param] = [
         reasoning="the refill is the batch point Linux already has "
         "(mm_page_alloc_zone_locked with percpu_refill=1); it binds up to one "
         "pcp batch ahead of use per vCPU",
+        integer=True,
     ),
     Param(
         "memory.pager.bind_batch",

@@ -17,6 +17,7 @@ unknown deployment is an error that names the file and the key.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,13 @@ def apply_profile(table: CostTable, path: Path) -> CostTable:
         )
     overrides: dict[tuple[str, str], tuple[float, str, str]] = {}
     for key, entry in params.items():
-        if key in DEPLOYMENTS and isinstance(entry, dict):
+        if isinstance(entry, dict) and "value" not in entry and key not in table:
+            # A sub-table that is not a parameter names a deployment.
+            if key not in DEPLOYMENTS:
+                raise ProfileError(
+                    f"{path}: unknown deployment [params.{key}]; "
+                    f"use {' or '.join(DEPLOYMENTS)}"
+                )
             for name, value in entry.items():
                 _collect(table, path, name, value, key, overrides)
         else:
@@ -75,10 +82,11 @@ def _collect(
         if keys[0][1] == ANY:
             raise ProfileError(
                 f"{path}: parameter {name!r} has one value for every deployment; "
-                "set it under [params], not [params.{deployment}]"
+                f"set it under [params], not [params.{deployment}]"
             )
-    canonical = table.param(*keys[0]).unit
-    value, source, note = _parse_entry(path, name, entry, canonical)
+    param = table.param(*keys[0])
+    value, source, note = _parse_entry(path, name, entry, param.unit)
+    _check_valid(path, param, value)
     for key in keys:
         out[key] = (value, source, note)
 
@@ -118,9 +126,18 @@ def _parse_entry(
         value = convert(float(number), str(unit), canonical)
     except ValueError as exc:
         raise ProfileError(f"{path}: parameter {name!r}: {exc}") from None
+    if not math.isfinite(value):
+        raise ProfileError(f"{path}: parameter {name!r}: value {number} is not finite")
     if value < 0:
         raise ProfileError(f"{path}: parameter {name!r}: value {number} is negative")
     return value, source, note
+
+
+def _check_valid(path: Path, param: Param, value: float) -> None:
+    """Reject a value the models cannot use, whatever its source."""
+    problem = param.invalid_reason(value)
+    if problem:
+        raise ProfileError(f"{path}: parameter {param.name!r}: {problem}")
 
 
 def _with_value(param: Param, value: float, source: str, note: str) -> Param:
@@ -174,5 +191,8 @@ def write_profile(
             "note": e.get("note", ""),
         }
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(tomli_w.dumps({"meta": meta, "params": params}))
-    tmp.replace(path)
+    try:
+        tmp.write_text(tomli_w.dumps({"meta": meta, "params": params}))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

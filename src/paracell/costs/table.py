@@ -31,6 +31,10 @@ class Param:
     high: float | None = None
     reasoning: str = ""
     note: str = ""
+    # Smallest value the models accept, and whether the value must be whole
+    # (page counts always are); the profile loader enforces both.
+    minimum: float = 0.0
+    integer: bool = False
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS:
@@ -45,6 +49,21 @@ class Param:
             not self.reasoning or self.low is None or self.high is None
         ):
             raise ValueError(f"estimate {self.name} needs reasoning, low and high")
+        problem = self.invalid_reason(self.value)
+        if problem:
+            raise ValueError(f"parameter {self.name}: default {problem}")
+
+    def invalid_reason(self, value: float) -> str | None:
+        """Return why ``value`` is unusable for this parameter, or None if valid."""
+        if value < self.minimum:
+            return f"value {value:g} is below its minimum {self.minimum:g} {self.unit}"
+        if self.unit == "ratio" and value > 1:
+            return f"value {value:g} is a ratio and must lie in [0, 1]"
+        if self.unit == "GHz" and value <= 0:
+            return f"value {value:g} is a clock frequency and must be positive"
+        if (self.integer or self.unit == "pages") and value != int(value):
+            return f"value {value:g} must be a whole number of {self.unit}"
+        return None
 
     @property
     def key(self) -> tuple[str, str]:

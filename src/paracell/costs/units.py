@@ -14,7 +14,7 @@ UNITS: dict[str, dict[str, float]] = {
     "ratio": {"ratio": 1.0, "": 1.0, "%": 0.01},
     "GHz": {"GHz": 1.0, "MHz": 1e-3},
     "pages/s": {"pages/s": 1.0},
-    "bytes/s": {"bytes/s": 1.0, "MiB/s": 2.0**20, "GiB/s": 2.0**30},
+    "bytes/s": {"bytes/s": 1.0, "B/s": 1.0, "MiB/s": 2.0**20, "GiB/s": 2.0**30},
 }
 
 _QUANTITY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(\S*)\s*$")

@@ -15,6 +15,10 @@ a sequence hidden inside an immediate, split across two instructions or
 across two pages still executes. The search therefore looks at every offset
 and reports the position of the ``0F`` byte. Prefixes do not matter because
 a jump can land after them.
+
+The opcode and ModRM bytes are the same in 32-bit (protected or
+compatibility) mode, where PKU applies as well. Only REX prefixes do not
+exist there: ``48`` is ``dec eax``, so no hit decodes as the 64-bit form.
 """
 
 from __future__ import annotations
@@ -62,14 +66,20 @@ class PatternHit:
 
 
 def find_pkru_writers(
-    data: bytes | bytearray | memoryview, *, include_xrstor: bool = True
+    data: bytes | bytearray | memoryview,
+    *,
+    include_xrstor: bool = True,
+    bits: int = 64,
 ) -> list[PatternHit]:
     """Return every WRPKRU, XRSTOR and XRSTORS byte sequence in ``data``, by offset.
 
     A sequence must lie entirely inside ``data``; callers that scan a region
     in pieces pass two bytes of overlap. With ``include_xrstor`` false only
-    WRPKRU is searched.
+    WRPKRU is searched. ``bits`` is the code's operating mode, 64 or 32; in
+    32-bit mode no hit has ``rex_w`` set.
     """
+    if bits not in (32, 64):
+        raise ValueError(f"bits must be 32 or 64, got {bits!r}")
     array = np.frombuffer(data, dtype=np.uint8)
     last_start = int(array.size) - (SIGNATURE_BYTES - 1)
     hits: list[PatternHit] = []
@@ -80,13 +90,15 @@ def find_pkru_writers(
         end = min(start + CHUNK_BYTES, last_start)
         lead = 1 if start > 0 else 0
         window = array[start - lead : end + SIGNATURE_BYTES - 1]
-        hits.extend(_scan_window(window, start - lead, lead, include_xrstor))
+        hits.extend(
+            _scan_window(window, start - lead, lead, include_xrstor, bits == 64)
+        )
         start = end
     return hits
 
 
 def _scan_window(
-    window: np.ndarray, base: int, lead: int, include_xrstor: bool
+    window: np.ndarray, base: int, lead: int, include_xrstor: bool, has_rex: bool
 ) -> list[PatternHit]:
     # NOTE: vectorised. In interleaved runs over /usr/lib/x86_64-linux-gnu it
     # measured as fast as a re search for the same bytes or up to 1.7 times
@@ -114,6 +126,6 @@ def _scan_window(
             kind = WriterKind.XRSTOR
         else:
             kind = WriterKind.XRSTORS
-        rex_w = local > 0 and (int(window[local - 1]) & 0xF8) == 0x48
+        rex_w = has_rex and local > 0 and (int(window[local - 1]) & 0xF8) == 0x48
         hits.append(PatternHit(base + local, kind, rex_w))
     return hits

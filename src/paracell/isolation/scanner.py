@@ -1,6 +1,7 @@
 """Scan real ELF files for byte sequences that can write PKRU.
 
-For every x86-64 ELF file the scanner finds the executable PT_LOAD segments
+For every x86 ELF file (x86-64, x32 and 32-bit i386, because PKU also
+applies to 32-bit code) the scanner finds the executable PT_LOAD segments
 and searches them at every byte offset for WRPKRU, XRSTOR and XRSTORS
 (``paracell.isolation.patterns``). It scans what the loader actually maps
 executable: each segment's file range rounded out to whole 4 KiB pages, so
@@ -10,7 +11,10 @@ and function symbol (from .symtab or .dynsym) when the file has them, and a
 disassembly of the surrounding code.
 
 Directory trees are walked without following symbolic links, and a file
-reached twice (hard links, repeated arguments) is scanned once.
+reached twice (hard links, repeated arguments) is scanned once. A file that
+may be executable but could not be checked (unreadable, truncated, invalid
+ELF headers) is recorded apart from files that need no scan, so a build gate
+can fail on it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import functools
 import logging
 import mmap
 import os
+import shutil
 import stat
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -38,8 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("paracell.isolation")
 
 PAGE_SIZE = 4096
+EM_386 = 3
 EM_X86_64 = 62
-PHDR_BYTES = 56
+ELFCLASS32 = 1
+ELFCLASS64 = 2
+ELFDATA2LSB = 1
+#: Size of the ELF header per ELF class (Elf32_Ehdr, Elf64_Ehdr).
+EHDR_BYTES = {ELFCLASS32: 52, ELFCLASS64: 64}
 MAX_INSTRUCTION_BYTES = 15
 PT_LOAD = 1
 PF_X = 0x1
@@ -61,7 +72,38 @@ ELF64_SYM = np.dtype(
         ("st_size", "<u8"),
     ]
 )
+#: Elf32_Sym: the same fields in another order, with 32-bit value and size.
+ELF32_SYM = np.dtype(
+    [
+        ("st_name", "<u4"),
+        ("st_value", "<u4"),
+        ("st_size", "<u4"),
+        ("st_info", "u1"),
+        ("st_other", "u1"),
+        ("st_shndx", "<u2"),
+    ]
+)
 STT_FUNC_CODE = 2
+#: Skip reasons of files that may be executable code but could not be
+#: checked. Every other reason means the file needs no scan.
+UNSCANNED_REASONS = frozenset({"unreadable", "truncated", "invalid ELF"})
+#: Symbol-name prefixes of the Itanium C++ ABI and of Rust's v0 mangling.
+MANGLED_PREFIXES = ("_Z", "_R")
+
+
+@dataclass(frozen=True)
+class X86Arch:
+    """An x86 ELF flavour: its name, ELF class and the CPU mode its code runs in."""
+
+    name: str
+    elf_class: int
+    #: Operating mode of the code, 64 or 32 bits. x32 code runs in 64-bit mode.
+    bits: int
+
+
+X86_64 = X86Arch("x86-64", ELFCLASS64, 64)
+X32 = X86Arch("x32", ELFCLASS32, 64)
+I386 = X86Arch("i386", ELFCLASS32, 32)
 
 
 @dataclass(frozen=True)
@@ -83,6 +125,7 @@ class ScanHit:
     vaddr: int
     kind: str
     section: str | None
+    #: Function symbol as stored in the symbol table (mangled for C++).
     symbol: str | None
     #: False when the byte lies in the page rounding around a segment.
     in_segment: bool
@@ -94,15 +137,22 @@ class ScanHit:
     overlapping: list[Instruction] = field(default_factory=list)
     context: list[Instruction] = field(default_factory=list)
     allowed: bool = False
+    #: ``x86-64``, ``x32`` or ``i386``.
+    arch: str = X86_64.name
+    #: Demangled form of ``symbol``, or None when it is not mangled or no
+    #: demangler was available.
+    symbol_demangled: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
             "file": self.file,
+            "arch": self.arch,
             "section": self.section,
             "offset": self.offset,
             "vaddr": self.vaddr,
             "kind": self.kind,
             "symbol": self.symbol,
+            "symbol_demangled": self.symbol_demangled,
             "in_segment": self.in_segment,
             "instruction": self.instruction,
             "aligned": self.aligned,
@@ -116,6 +166,11 @@ class ScanHit:
 class SkippedFile:
     path: str
     reason: str
+
+    @property
+    def unscanned(self) -> bool:
+        """Whether the file may hold code that could not be checked."""
+        return _reason_class(self.reason) in UNSCANNED_REASONS
 
 
 @dataclass
@@ -132,6 +187,10 @@ class ScanReport:
     def skipped_by_reason(self) -> dict[str, int]:
         counts = Counter(_reason_class(s.reason) for s in self.files_skipped)
         return dict(counts.most_common())
+
+    def files_unscanned(self) -> list[SkippedFile]:
+        """Return the skipped files whose reason is in UNSCANNED_REASONS."""
+        return [s for s in self.files_skipped if s.unscanned]
 
 
 def _reason_class(reason: str) -> str:
@@ -161,6 +220,10 @@ class ElfScanner:
         for path in paths:
             for candidate, root in self._walk(path):
                 self._scan_candidate(candidate, root)
+        demangled = demangle_symbols(h.symbol for h in self.report.hits if h.symbol)
+        for hit in self.report.hits:
+            if hit.symbol is not None:
+                hit.symbol_demangled = demangled.get(hit.symbol)
         self.report.elapsed_s = time.perf_counter() - started
         return self.report
 
@@ -171,7 +234,14 @@ class ElfScanner:
     def _walk(self, path: Path) -> Iterator[tuple[Path, Path | None]]:
         """Yield (file, tree root); the root is None for a file named directly."""
         if path.is_dir() and not path.is_symlink():
-            for directory, dirnames, filenames in os.walk(path, followlinks=False):
+            # Without onerror, os.walk skips a directory it cannot list, and a
+            # tree would pass with files that were never scanned.
+            def record_error(exc: OSError) -> None:
+                where = exc.filename if exc.filename is not None else path
+                self._skip(where, f"unreadable: directory: {exc.strerror or exc}")
+
+            walk = os.walk(path, onerror=record_error, followlinks=False)
+            for directory, dirnames, filenames in walk:
                 dirnames.sort()
                 for name in sorted(
                     filenames + [d for d in dirnames if _is_link(directory, d)]
@@ -219,12 +289,12 @@ class ElfScanner:
         try:
             with open(path, "rb") as stream:
                 head = stream.read(20)
-                reason = _header_problem(head, size)
-                if reason:
-                    self._skip(path, reason)
+                arch = _identify_x86(head, size)
+                if isinstance(arch, str):
+                    self._skip(path, arch)
                     return
                 try:
-                    segments = _executable_segments(stream, size)
+                    segments = _executable_segments(stream, size, arch)
                 except (ELFError, ConstructError) as exc:
                     self._skip(path, f"invalid ELF: {exc}")
                     return
@@ -232,7 +302,7 @@ class ElfScanner:
                     self._skip(path, segments)
                     return
                 with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    hits = self._scan_segments(path, stream, data, segments)
+                    hits = self._scan_segments(path, stream, data, segments, arch)
         except OSError as exc:
             self._skip(path, f"unreadable: {exc.strerror or exc}")
             return
@@ -241,7 +311,12 @@ class ElfScanner:
         self.report.hits.extend(hits)
 
     def _scan_segments(
-        self, path: Path, stream: BinaryIO, data: mmap.mmap, segments: list[_Segment]
+        self,
+        path: Path,
+        stream: BinaryIO,
+        data: mmap.mmap,
+        segments: list[_Segment],
+        arch: X86Arch,
     ) -> list[ScanHit]:
         view = memoryview(data)
         raw_hits: list[tuple[PatternHit, _Segment]] = []
@@ -249,7 +324,7 @@ class ElfScanner:
             for segment in segments:
                 self.report.bytes_scanned += segment.file_end - segment.file_start
                 chunk = view[segment.file_start : segment.file_end]
-                for hit in find_pkru_writers(chunk):
+                for hit in find_pkru_writers(chunk, bits=arch.bits):
                     shifted = PatternHit(
                         segment.file_start + hit.offset, hit.kind, hit.rex_w
                     )
@@ -258,7 +333,7 @@ class ElfScanner:
                 return []
             names = _FileNames(stream)
             return [
-                self._describe(path, data, hit, segment, names)
+                self._describe(path, data, hit, segment, names, arch)
                 for hit, segment in raw_hits
             ]
         finally:
@@ -271,6 +346,7 @@ class ElfScanner:
         hit: PatternHit,
         segment: _Segment,
         names: _FileNames,
+        arch: X86Arch,
     ) -> ScanHit:
         vaddr = hit.offset + segment.vaddr_delta
         symbol, symbol_start = names.symbol_at(vaddr)
@@ -286,7 +362,9 @@ class ElfScanner:
 
         # capstone decodes its whole input before yielding, so bound it.
         at_hit_end = min(segment.file_end, hit.offset + MAX_INSTRUCTION_BYTES)
-        at_hit = _decode(data, hit.offset, at_hit_end, segment.vaddr_delta, limit=1)
+        at_hit = _decode(
+            data, hit.offset, at_hit_end, segment.vaddr_delta, arch.bits, limit=1
+        )
         instruction = at_hit[0].text if at_hit else "(undecodable)"
         linear = _decode(
             data,
@@ -295,6 +373,7 @@ class ElfScanner:
                 segment.file_end, hit.offset + 3 + 16 * (self.context_instructions + 1)
             ),
             segment.vaddr_delta,
+            arch.bits,
         )
 
         hit_lo, hit_hi = vaddr, vaddr + 3
@@ -317,6 +396,7 @@ class ElfScanner:
             aligned=aligned,
             overlapping=overlapping,
             context=context,
+            arch=arch.name,
         )
 
 
@@ -335,24 +415,45 @@ def _resolve_inside(link: Path, root: Path) -> Path | None:
     return None
 
 
-def _header_problem(head: bytes, size: int) -> str | None:
+def _identify_x86(head: bytes, size: int) -> X86Arch | str:
+    """Return the x86 flavour of an ELF file from its first bytes, or a skip reason."""
     if len(head) < 4 or head[:4] != ELF_MAGIC:
         return "not ELF"
-    if len(head) < 20 or size < 64:
+    if len(head) < 20:
         return "truncated: shorter than an ELF header"
-    elf_class = head[4]
-    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
-    if elf_class != 2 or machine != EM_X86_64:
-        bits = {1: "ELF32", 2: "ELF64"}.get(elf_class, f"class {elf_class}")
-        return f"not x86-64: {bits}, e_machine {machine}"
-    return None
+    elf_class, encoding = head[4], head[5]
+    if elf_class not in EHDR_BYTES:
+        return f"invalid ELF: EI_CLASS {elf_class}"
+    if size < EHDR_BYTES[elf_class]:
+        return "truncated: shorter than an ELF header"
+    machine = int.from_bytes(head[18:20], "little" if encoding == 1 else "big")
+    bits = "ELF32" if elf_class == ELFCLASS32 else "ELF64"
+    if machine not in (EM_386, EM_X86_64):
+        return f"not x86: {bits}, e_machine {machine}"
+    # x86 is little-endian only, and no ABI puts i386 code in an ELF64 file,
+    # so Linux refuses to load either. They are reported, not passed over.
+    if encoding != ELFDATA2LSB:
+        return f"invalid ELF: {bits}, e_machine {machine}, EI_DATA {encoding}"
+    if machine == EM_X86_64:
+        return X86_64 if elf_class == ELFCLASS64 else X32
+    if elf_class == ELFCLASS32:
+        return I386
+    return f"invalid ELF: ELF64 with e_machine {EM_386} (i386)"
 
 
-def _executable_segments(stream: BinaryIO, size: int) -> list[_Segment] | str:
+def _executable_segments(
+    stream: BinaryIO, size: int, arch: X86Arch
+) -> list[_Segment] | str:
     """Return executable PT_LOAD segments, page-rounded and merged, or a skip reason."""
     stream.seek(0)
-    structs = _elf64_structs()
-    header = structs.Elf_Ehdr.parse(stream.read(64))
+    structs = _elf_structs(arch)
+    header = structs.Elf_Ehdr.parse(stream.read(EHDR_BYTES[arch.elf_class]))
+    phdr_bytes = structs.Elf_Phdr.sizeof()
+    if header["e_phnum"] and header["e_phentsize"] < phdr_bytes:
+        return (
+            f"invalid ELF: e_phentsize {header['e_phentsize']}, "
+            f"expected at least {phdr_bytes}"
+        )
     table_end = header["e_phoff"] + header["e_phnum"] * header["e_phentsize"]
     if table_end > size:
         return f"truncated: program headers end at {table_end}, file has {size} bytes"
@@ -362,7 +463,7 @@ def _executable_segments(stream: BinaryIO, size: int) -> list[_Segment] | str:
     segments: list[_Segment] = []
     for index in range(header["e_phnum"]):
         start_byte = index * header["e_phentsize"]
-        phdr = structs.Elf_Phdr.parse(table[start_byte : start_byte + PHDR_BYTES])
+        phdr = structs.Elf_Phdr.parse(table[start_byte : start_byte + phdr_bytes])
         if phdr["p_type"] != "PT_LOAD" or not phdr["p_flags"] & PF_X:
             continue
         start, filesz = phdr["p_offset"], phdr["p_filesz"]
@@ -403,14 +504,17 @@ def _merge_segments(segments: list[_Segment]) -> list[_Segment]:
 
 
 @functools.cache
-def _elf64_structs() -> ELFStructs:
+def _elf_structs(arch: X86Arch) -> ELFStructs:
     # NOTE: building pyelftools' structs costs about 1.5 ms, which ELFFile pays
-    # for every file; building them once keeps a tree scan at disk speed.
+    # for every file; building them once per flavour keeps a tree scan at
+    # disk speed.
     from elftools.elf.structs import ELFStructs
 
-    structs = ELFStructs(little_endian=True, elfclass=64)
+    elfclass = 64 if arch.elf_class == ELFCLASS64 else 32
+    machine = "EM_386" if arch is I386 else "EM_X86_64"
+    structs = ELFStructs(little_endian=True, elfclass=elfclass)
     structs.create_basic_structs()
-    structs.create_advanced_structs("ET_DYN", "EM_X86_64", "ELFOSABI_SYSV")
+    structs.create_advanced_structs("ET_DYN", machine, "ELFOSABI_SYSV")
     return structs
 
 
@@ -419,6 +523,7 @@ class _FileNames:
 
     def __init__(self, stream: BinaryIO) -> None:
         from elftools.common.exceptions import ELFError
+        from elftools.construct import ConstructError
         from elftools.elf.elffile import ELFFile
         from elftools.elf.sections import SymbolTableSection
 
@@ -433,7 +538,7 @@ class _FileNames:
                     self._sections.append((start, start + length, section.name))
                 if isinstance(section, SymbolTableSection) and length:
                     self._symbol_tables.append(self._functions(section, elf))
-        except ELFError as exc:
+        except (ELFError, ConstructError) as exc:
             log.debug("section headers unusable: %s", exc)
         self._sections.sort()
         self._section_starts = [s[0] for s in self._sections]
@@ -443,9 +548,8 @@ class _FileNames:
         # NOTE: pyelftools parses symbols one by one (about 0.2 ms each); large
         # libraries have 10^5 of them, so the table is read with numpy instead.
         raw = section.data()  # type: ignore[attr-defined]
-        table = np.frombuffer(
-            raw[: len(raw) // ELF64_SYM.itemsize * ELF64_SYM.itemsize], ELF64_SYM
-        )
+        dtype = ELF64_SYM if elf.elfclass == 64 else ELF32_SYM  # type: ignore[attr-defined]
+        table = np.frombuffer(raw[: len(raw) // dtype.itemsize * dtype.itemsize], dtype)
         functions = table[
             ((table["st_info"] & 0xF) == STT_FUNC_CODE) & (table["st_value"] != 0)
         ]
@@ -478,16 +582,22 @@ class _FileNames:
 
 
 def _decode(
-    data: mmap.mmap, start: int, end: int, vaddr_delta: int, limit: int = 0
+    data: mmap.mmap,
+    start: int,
+    end: int,
+    vaddr_delta: int,
+    bits: int,
+    limit: int = 0,
 ) -> list[Instruction]:
     """Linearly disassemble file bytes [start, end), skipping undecodable bytes.
 
-    With ``limit`` the decoding stops after that many instructions, and at
-    the first undecodable byte.
+    ``bits`` is the CPU mode, 64 or 32. With ``limit`` the decoding stops
+    after that many instructions, and at the first undecodable byte.
     """
     import capstone
 
-    decoder = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    mode = capstone.CS_MODE_64 if bits == 64 else capstone.CS_MODE_32
+    decoder = capstone.Cs(capstone.CS_ARCH_X86, mode)
     code = bytes(data[start:end])
     base = start + vaddr_delta
     out: list[Instruction] = []
@@ -522,3 +632,52 @@ def _context(
     first = linear.index(overlapping[0])
     last = linear.index(overlapping[-1])
     return linear[max(0, first - count) : last + count + 1]
+
+
+def demangle_symbols(names: Iterable[str]) -> dict[str, str]:
+    """Demangle C++ and Rust symbol names with binutils' ``c++filt``.
+
+    Return a map from each mangled name to its demangled form. All names go
+    to one ``c++filt`` process. Names that are not mangled, or that c++filt
+    leaves unchanged, are left out. Without c++filt, or when it fails, the
+    map is empty and callers show the mangled names.
+    """
+    mangled = sorted(
+        {
+            name
+            for name in names
+            if name.startswith(MANGLED_PREFIXES) and not any(c.isspace() for c in name)
+        }
+    )
+    if not mangled:
+        return {}
+    tool = shutil.which("c++filt")
+    if tool is None:
+        log.info("c++filt not found (binutils); %d symbols stay mangled", len(mangled))
+        return {}
+    try:
+        done = subprocess.run(
+            [tool],
+            input="\n".join(mangled) + "\n",
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=60,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("c++filt failed (%s); symbols stay mangled", exc)
+        return {}
+    lines = done.stdout.splitlines()
+    if len(lines) != len(mangled):
+        log.warning(
+            "c++filt returned %d lines for %d names; symbols stay mangled",
+            len(lines),
+            len(mangled),
+        )
+        return {}
+    return {
+        name: text
+        for name, text in zip(mangled, lines, strict=True)
+        if text and text != name
+    }

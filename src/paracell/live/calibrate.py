@@ -344,11 +344,7 @@ class _Calibrator:
                     f"bind with MADV_POPULATE_WRITE, {size} per call",
                     "ns per page",
                     populate[batch],
-                    parameters=(
-                        ("memory.populate_write_per_page",)
-                        if large
-                        else ()
-                    ),
+                    parameters=(("memory.populate_write_per_page",) if large else ()),
                     here_ns=_here("memory.populate_write_per_page") if large else None,
                     extra={"batch_pages": batch},
                 )

@@ -17,6 +17,8 @@ slice, laid back to back in class order (native first). Each merged slice
 keeps the exact sum of the durations it replaces, so every window starts
 and ends where its first and last slice did, and the per-class and total
 durations are unchanged. Only the order of slices inside a window is lost.
+``max_events`` is an exact bound on the slices written, so it must be at
+least the number of event classes in the timeline.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from paracell import __version__
+from paracell.errors import ParacellError
 
 log = logging.getLogger("paracell.reports")
 
@@ -134,6 +137,9 @@ def prepare_slices(
     ``window_ns``, the slices are always merged at that width. Without it,
     they are merged only when there are more than ``max_events``. The width
     is then the smallest power-of-two multiple of a base width that fits.
+    Raise ParacellError when the result has more than ``max_events``
+    slices: a given ``window_ns`` too narrow, or fewer than one slice per
+    event class.
     """
     start_ns = np.asarray(timeline.start_ns, dtype=np.int64)
     dur_ns = np.asarray(timeline.dur_ns, dtype=np.int64)
@@ -164,6 +170,12 @@ def prepare_slices(
         starts, durs, classes = start_ns, dur_ns, class_id
         nr_merged = np.ones(nr_input, dtype=np.int64)
         window_ns = 0
+    if starts.size > max_events:
+        raise ParacellError(
+            f"the timeline needs {starts.size:,} slices, more than the maximum "
+            f"of {max_events:,}",
+            hint=_too_many_slices_hint(class_id, window_ns, max_events),
+        )
     return ChromeSlices(
         start_ns=starts - origin_ns,
         dur_ns=durs,
@@ -176,6 +188,21 @@ def prepare_slices(
         nr_input_slices=nr_input,
         total_ns=total_ns,
     )
+
+
+def min_slices(timeline: Any) -> int:
+    """Return the fewest slices merging can make: one per event class present."""
+    return int(np.unique(np.asarray(timeline.class_id)).size)
+
+
+def _too_many_slices_hint(class_id: np.ndarray, window_ns: int, max_events: int) -> str:
+    nr_classes = int(np.unique(class_id).size)
+    if max_events < nr_classes:
+        return (
+            f"merging keeps one slice per event class and this timeline has "
+            f"{nr_classes}, so allow at least {nr_classes} slices"
+        )
+    return f"widen the merge window of {window_ns} ns or allow more slices"
 
 
 def _ns_to_us(value_ns: int) -> str:

@@ -134,6 +134,17 @@ def save_run(
         return store.add_run(record)
 
 
+def check_save_target(args: argparse.Namespace) -> None:
+    """Open (and create) the results store now when ``--save`` was given.
+
+    Model commands call this before their work, so an unwritable results
+    directory fails at once rather than after minutes of modelling.
+    """
+    if getattr(args, "save", False):
+        with ResultsStore(results_dir(args)):
+            pass
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

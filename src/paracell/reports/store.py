@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import sqlite3
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,114 @@ CREATE TABLE IF NOT EXISTS sweeps (
     tool_version TEXT NOT NULL
 );
 """
+
+
+# Pragmas that only describe the schema or the file. A query may run them
+# with an argument (a table or index name).
+_READ_PRAGMAS = frozenset(
+    {
+        "collation_list",
+        "compile_options",
+        "database_list",
+        "foreign_key_list",
+        "function_list",
+        "index_info",
+        "index_list",
+        "index_xinfo",
+        "integrity_check",
+        "module_list",
+        "pragma_list",
+        "quick_check",
+        "table_info",
+        "table_list",
+        "table_xinfo",
+    }
+)
+# Pragmas that set a value when given an argument, so a query may only read
+# them, without one.
+_VALUE_PRAGMAS = frozenset(
+    {
+        "application_id",
+        "data_version",
+        "encoding",
+        "freelist_count",
+        "journal_mode",
+        "page_count",
+        "page_size",
+        "schema_version",
+        "user_version",
+    }
+)
+# Authorizer action codes of a statement that only reads.
+_READ_ACTIONS = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_FUNCTION,
+        sqlite3.SQLITE_RECURSIVE,
+    }
+)
+# Authorizer action codes by name, for error messages. Python's sqlite3
+# module defines each action code as SQLITE_<NAME>.
+_ACTION_NAMES = {
+    getattr(sqlite3, f"SQLITE_{name}"): name.replace("_", " ")
+    for name in (
+        "CREATE_INDEX CREATE_TABLE CREATE_TEMP_INDEX CREATE_TEMP_TABLE "
+        "CREATE_TEMP_TRIGGER CREATE_TEMP_VIEW CREATE_TRIGGER CREATE_VIEW DELETE "
+        "DROP_INDEX DROP_TABLE DROP_TEMP_INDEX DROP_TEMP_TABLE DROP_TEMP_TRIGGER "
+        "DROP_TEMP_VIEW DROP_TRIGGER DROP_VIEW INSERT PRAGMA READ SELECT "
+        "TRANSACTION UPDATE ATTACH DETACH ALTER_TABLE REINDEX ANALYZE "
+        "CREATE_VTABLE DROP_VTABLE FUNCTION SAVEPOINT RECURSIVE"
+    ).split()
+}
+
+
+class _ReadOnlyAuthorizer:
+    """SQLite authorizer that denies every action except reads.
+
+    It denies ATTACH (and so VACUUM INTO, which attaches its output file),
+    DETACH, transactions, every write including to temporary tables, and
+    pragmas other than the reading ones. ``denied`` keeps the first denied
+    action for the error message.
+    """
+
+    def __init__(self) -> None:
+        self.denied: str | None = None
+
+    def __call__(
+        self,
+        action: int,
+        arg1: str | None,
+        arg2: str | None,
+        database: str | None,
+        trigger: str | None,
+    ) -> int:
+        if action in _READ_ACTIONS and not (
+            action == sqlite3.SQLITE_FUNCTION and arg2 == "load_extension"
+        ):
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (
+            arg1 in _READ_PRAGMAS or (arg1 in _VALUE_PRAGMAS and arg2 is None)
+        ):
+            return sqlite3.SQLITE_OK
+        if self.denied is None:
+            self.denied = _describe_action(action, arg1, arg2)
+        return sqlite3.SQLITE_DENY
+
+
+def _describe_action(action: int, arg1: str | None, arg2: str | None) -> str:
+    name = _ACTION_NAMES.get(action, f"action {action}")
+    if action == sqlite3.SQLITE_PRAGMA:
+        return f"PRAGMA {arg1}" + (f" = {arg2}" if arg2 is not None else "")
+    if action == sqlite3.SQLITE_ATTACH:
+        return f"ATTACH of {arg1!r} (also used by VACUUM INTO)"
+    if action == sqlite3.SQLITE_FUNCTION:
+        return f"function {arg2}()"
+    if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT):
+        return f"{arg1} (a transaction)"
+    if action in (sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE):
+        return f"{name} on {arg1}"
+    return name
 
 
 def default_results_dir() -> Path:
@@ -158,16 +267,25 @@ class ResultsStore:
     """The results database under a results directory.
 
     Open one per process; the connection is not shared between threads.
+    With ``readonly`` the database is opened in SQLite's read-only mode and
+    every statement goes through a read-only authorizer, so no statement
+    can change the store or create a file. The store must exist then.
     """
 
-    def __init__(self, results_dir: Path | str, create: bool = True) -> None:
+    def __init__(
+        self, results_dir: Path | str, create: bool = True, readonly: bool = False
+    ) -> None:
         self.results_dir = Path(results_dir)
         self.path = self.results_dir / DB_NAME
-        if not self.path.exists() and not create:
+        self.readonly = readonly
+        if not self.path.exists() and (readonly or not create):
             raise ResultsError(
                 f"{self.path}: results store not found",
                 hint="save a run with --save first, or give --results DIR",
             )
+        if readonly:
+            self._open_readonly()
+            return
         try:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             # Transactions are explicit (BEGIN IMMEDIATE ... COMMIT), so turn off
@@ -182,6 +300,14 @@ class ResultsStore:
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._init_schema()
+        except sqlite3.OperationalError as exc:
+            # Raised when SQLite cannot open, create or lock the file, as in a
+            # directory without write permission.
+            raise ResultsError(
+                f"{self.path}: cannot open the results store ({exc})",
+                hint=f"check that you can write to {self.results_dir}, "
+                "or choose another --results",
+            ) from None
         except sqlite3.DatabaseError as exc:
             raise ResultsError(
                 f"{self.path}: cannot open the results store ({exc})",
@@ -191,6 +317,43 @@ class ResultsStore:
             raise ResultsError(
                 f"{self.results_dir}: cannot create ({exc.strerror})"
             ) from None
+
+    def _open_readonly(self) -> None:
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        wal = self.path.with_name(DB_NAME + "-wal")
+        if not os.access(self.results_dir, os.W_OK) and not wal.exists():
+            # SQLite reads a WAL database only when it can create the -shm file
+            # beside it. Without a -wal file no connection is open, so read the
+            # file as immutable, without locks. NOTE: a writer of another user
+            # that starts during the query could change pages under it.
+            uri += "&immutable=1"
+            log.info("%s: read-only directory, reading the store as immutable", wal)
+        try:
+            self._conn = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            row = self._conn.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise ResultsError(
+                f"{self.path}: cannot open the results store read-only ({exc})",
+                hint="SQLite needs to create the store's -shm file beside it, so "
+                f"check that you can write to {self.results_dir}",
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise ResultsError(
+                f"{self.path}: cannot open the results store read-only ({exc})",
+                hint="it is not a paracell results database; choose another --results",
+            ) from None
+        if row is None or int(row[0]) != SCHEMA_VERSION:
+            found = "no schema version" if row is None else f"schema version {row[0]}"
+            raise ResultsError(
+                f"{self.path}: {found}, this paracell reads version {SCHEMA_VERSION}",
+                hint="use a results directory written by this paracell version",
+            )
+        self._conn.set_authorizer(_ReadOnlyAuthorizer())
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -334,23 +497,36 @@ class ResultsStore:
     def query(
         self, sql: str, parameters: Sequence[Any] = ()
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run a read-only SQL query; return column names and rows.
+        """Run one read-only SQL statement; return column names and rows.
 
-        The connection is switched to ``query_only`` for the statement, so a
-        query cannot change the store.
+        An authorizer denies everything but reads (no ATTACH, DETACH,
+        VACUUM INTO, transaction, write or setting pragma), and a writable
+        connection is also switched to ``query_only`` for the statement.
+        Raise ResultsError naming the denied action or SQLite's error.
         """
-        self._conn.execute("PRAGMA query_only = ON")
+        if not self.readonly:
+            self._conn.execute("PRAGMA query_only = ON")
+        authorizer = _ReadOnlyAuthorizer()
+        self._conn.set_authorizer(authorizer)
         try:
             cursor = self._conn.execute(sql, parameters)
             columns = [d[0] for d in cursor.description or ()]
             rows = cursor.fetchall()
         except sqlite3.Error as exc:
+            if authorizer.denied is not None:
+                raise ResultsError(
+                    f"query failed: {authorizer.denied} is not allowed",
+                    hint="queries may only read: SELECT, WITH, VALUES, EXPLAIN "
+                    "and pragmas such as table_info",
+                ) from None
             raise ResultsError(
                 f"query failed: {exc}",
                 hint="tables are runs, metrics, sweeps and meta; see docs/reports.md",
             ) from None
         finally:
-            self._conn.execute("PRAGMA query_only = OFF")
+            if not self.readonly:
+                self._conn.set_authorizer(None)
+                self._conn.execute("PRAGMA query_only = OFF")
         return columns, rows
 
     def list_runs(

@@ -23,7 +23,7 @@ import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from paracell import __version__
 from paracell.costs.table import ANY, DEPLOYMENTS
@@ -48,13 +48,68 @@ FLUSH_BATCH = 64
 FLUSH_INTERVAL_S = 0.5
 
 
+class LinearValues(Sequence[float]):
+    """``num`` evenly spaced values from ``start`` to ``stop``, both included.
+
+    Values are computed on access, because a ``range`` axis can ask for more
+    values than fit in memory and the grid size is checked before any value
+    is made. It compares equal to any sequence with the same values.
+    """
+
+    def __init__(self, start: float, stop: float, num: int) -> None:
+        self.start = start
+        self.stop = stop
+        self.num = num
+        self.step = 0.0 if num == 1 else (stop - start) / (num - 1)
+
+    def __len__(self) -> int:
+        return self.num
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.num))]
+        if index < 0:
+            index += self.num
+        if not 0 <= index < self.num:
+            raise IndexError(f"index {index} out of range for {self.num} values")
+        return self.start + index * self.step
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(other) == self.num and all(
+            a == b for a, b in zip(self, other, strict=True)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.start, self.stop, self.num))
+
+    def __repr__(self) -> str:
+        return f"LinearValues(start={self.start!r}, stop={self.stop!r}, num={self.num})"
+
+
 @dataclass(frozen=True)
 class ParamAxis:
     """One swept cost parameter: its name, the table keys it sets and its values."""
 
     name: str
     keys: tuple[tuple[str, str], ...]
-    values: tuple[float, ...]
+    values: Sequence[float]
+
+
+@dataclass(frozen=True)
+class SweepTrace:
+    """A trace of the grid, identified by its content hash."""
+
+    path: Path
+    content_hash: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -299,7 +354,8 @@ def _param_axes(path: Path, entries: Any, profile: Path | None) -> list[ParamAxi
     if not entries:
         return []
     table = load_costs(profile)
-    axes = []
+    axes: list[ParamAxis] = []
+    owner: dict[tuple[str, str], int] = {}
     for i, entry in enumerate(entries):
         where = f"params[{i}]"
         if not isinstance(entry, dict):
@@ -320,6 +376,17 @@ def _param_axes(path: Path, entries: Any, profile: Path | None) -> list[ParamAxi
                     f"{path}: {where}.deployment: parameter {name!r} has no "
                     f"{deployment!r} value"
                 )
+        # Two axes that set one value would override each other, so their
+        # grid points would repeat cells.
+        for key in keys:
+            if key in owner:
+                raise ResultsError(
+                    f"{path}: {where}: {key[0]} [{key[1]}] is already set by "
+                    f"params[{owner[key]}]",
+                    hint="give each value one [[params]] entry, or set "
+                    "'deployment' so the entries do not overlap",
+                )
+            owner[key] = i
         unit = table.param(*keys[0]).unit
         values = _axis_values(path, where, entry, unit)
         axes.append(ParamAxis(name=name, keys=tuple(sorted(keys)), values=values))
@@ -328,7 +395,7 @@ def _param_axes(path: Path, entries: Any, profile: Path | None) -> list[ParamAxi
 
 def _axis_values(
     path: Path, where: str, entry: Mapping[str, Any], unit: str
-) -> tuple[float, ...]:
+) -> Sequence[float]:
     if ("values" in entry) == ("range" in entry):
         raise ResultsError(f"{path}: {where}: give exactly one of 'values' or 'range'")
     if "values" in entry:
@@ -351,8 +418,18 @@ def _axis_values(
             raise ResultsError(
                 f"{path}: {where}.range.num: expected a count >= 1, got {num!r}"
             )
-        step = 0.0 if num == 1 else (stop - start) / (num - 1)
-        values = [start + j * step for j in range(num)]
+        if start == stop:
+            return LinearValues(start, stop, 1)
+        linear = LinearValues(start, stop, num)
+        # Values closer than two units in the last place could round to the
+        # same double, and two grid points would then be one cell.
+        if num > 1 and abs(linear.step) < 2 * math.ulp(max(abs(start), abs(stop))):
+            raise ResultsError(
+                f"{path}: {where}.range.num: {num} values between {start:g} and "
+                f"{stop:g} {unit} are closer than a double can tell apart",
+                hint="use fewer values",
+            )
+        return linear
     return tuple(dict.fromkeys(values))
 
 
@@ -397,20 +474,100 @@ def cell_id_for(
     return hashlib.sha256(to_json(document).encode()).hexdigest()
 
 
-def expand_cells(spec: SweepSpec) -> list[Cell]:
-    """Return every cell of the grid, without duplicates, in a fixed order."""
-    from paracell.costs import default_costs, load_costs
+def load_sweep_traces(spec: SweepSpec) -> list[SweepTrace]:
+    """Load the spec's traces once each; paths with the same content count once."""
     from paracell.trace import load_trace
 
+    traces: dict[str, SweepTrace] = {}
+    for trace_path in spec.trace_paths:
+        trace = load_trace(trace_path)
+        content_hash = trace.content_hash()
+        if content_hash in traces:
+            log.info(
+                "%s: same content as %s, its cells are counted once",
+                trace_path,
+                traces[content_hash].path,
+            )
+            continue
+        traces[content_hash] = SweepTrace(trace_path, content_hash, trace.name)
+    return list(traces.values())
+
+
+def cells_per_point(spec: SweepSpec) -> int:
+    """Return the model cells at one grid point of one trace."""
+    return len(spec.runtimes) * len(spec.deployments) + len(spec.policies) * len(
+        spec.placements
+    )
+
+
+def count_cells(spec: SweepSpec, traces: Sequence[SweepTrace]) -> int:
+    """Return the number of cells of the grid, computed without building it."""
+    return (
+        len(traces)
+        * math.prod(len(a.values) for a in spec.axes)
+        * cells_per_point(spec)
+    )
+
+
+def describe_grid_size(spec: SweepSpec, traces: Sequence[SweepTrace]) -> str:
+    """Return the factors of the grid size, for messages."""
+    nr_points = math.prod(len(a.values) for a in spec.axes)
+    return (
+        f"{len(traces)} trace{'s' if len(traces) != 1 else ''} x {nr_points:,} "
+        f"grid point{'s' if nr_points != 1 else ''} x {cells_per_point(spec)} "
+        "model cells per point"
+    )
+
+
+def check_grid_size(
+    spec: SweepSpec, traces: Sequence[SweepTrace], max_cells: int
+) -> int:
+    """Return the number of cells; raise ResultsError when it exceeds ``max_cells``."""
+    nr_cells = count_cells(spec, traces)
+    if nr_cells > max_cells:
+        raise ResultsError(
+            f"{spec.path}: the grid has {nr_cells:,} cells "
+            f"({describe_grid_size(spec, traces)}), more than the maximum of "
+            f"{max_cells:,}",
+            hint="use fewer values, traces, runtimes or policies, or raise --max-cells",
+        )
+    return nr_cells
+
+
+def expand_cells(
+    spec: SweepSpec, traces: Sequence[SweepTrace] | None = None
+) -> list[Cell]:
+    """Return every cell of the grid in a fixed order (see iter_cells)."""
+    return list(iter_cells(spec, traces))
+
+
+def iter_cells(
+    spec: SweepSpec, traces: Sequence[SweepTrace] | None = None
+) -> Iterator[Cell]:
+    """Yield every cell of the grid once, in a fixed order, without keeping them.
+
+    Cells are unique: traces with the same content are loaded once, the
+    values of each axis are distinct, and no two axes set the same value.
+    """
+    from paracell.costs import default_costs, load_costs
+
+    if traces is None:
+        traces = load_sweep_traces(spec)
     defaults = {p.key: p.value for p in default_costs()}
     base = load_costs(spec.profile)
     profile_values = {p.key: p.value for p in base}
-    points = list(itertools.product(*(axis.values for axis in spec.axes))) or [()]
-    cells: dict[str, Cell] = {}
-    for trace_path in spec.trace_paths:
-        trace = load_trace(trace_path)
-        trace_hash = trace.content_hash()
-        for point in points:
+    profile = str(spec.profile) if spec.profile else None
+    latency_axes = [
+        {"runtime": r, "deployment": d, "policy": None, "placement": None}
+        for r, d in itertools.product(spec.runtimes, spec.deployments)
+    ]
+    memory_axes = [
+        {"runtime": None, "deployment": None, "policy": p, "placement": pl}
+        for p, pl in itertools.product(spec.policies, spec.placements)
+    ]
+    for trace in traces:
+        trace_hash = trace.content_hash
+        for point in _grid_points(spec.axes):
             grid = tuple(
                 (name, deployment, value)
                 for axis, value in zip(spec.axes, point, strict=True)
@@ -423,22 +580,12 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
                 for (n, d), v in effective.items()
                 if defaults.get((n, d)) != v
             ]
-            profile = str(spec.profile) if spec.profile else None
-            latency_axes = [
-                {"runtime": r, "deployment": d, "policy": None, "placement": None}
-                for r, d in itertools.product(spec.runtimes, spec.deployments)
-            ]
-            memory_axes = [
-                {"runtime": None, "deployment": None, "policy": p, "placement": pl}
-                for p, pl in itertools.product(spec.policies, spec.placements)
-            ]
             for kind, axes_list in (("latency", latency_axes), ("memory", memory_axes)):
                 for axes in axes_list:
-                    cell_id = cell_id_for(trace_hash, kind, axes, changed)
-                    cell = Cell(
-                        cell_id=cell_id,
+                    yield Cell(
+                        cell_id=cell_id_for(trace_hash, kind, axes, changed),
                         kind=kind,
-                        trace_path=str(trace_path),
+                        trace_path=str(trace.path),
                         trace_hash=trace_hash,
                         trace_name=trace.name,
                         runtime=axes["runtime"],
@@ -448,8 +595,29 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
                         profile=profile,
                         values=grid,
                     )
-                    cells.setdefault(cell_id, cell)
-    return list(cells.values())
+
+
+def _grid_points(axes: Sequence[ParamAxis]) -> Iterator[tuple[float, ...]]:
+    """Yield the Cartesian product of the axes' values, the last axis fastest.
+
+    itertools.product would first copy every axis's values into a tuple, so
+    this counts through the grid with one index per axis instead.
+    """
+    counts = [len(axis.values) for axis in axes]
+    if 0 in counts:
+        return
+    indices = [0] * len(axes)
+    while True:
+        yield tuple(axis.values[i] for axis, i in zip(axes, indices, strict=True))
+        position = len(axes) - 1
+        while position >= 0:
+            indices[position] += 1
+            if indices[position] < counts[position]:
+                break
+            indices[position] = 0
+            position -= 1
+        if position < 0:
+            return
 
 
 def sweep_id_for(spec: SweepSpec, cells: Sequence[Cell]) -> str:

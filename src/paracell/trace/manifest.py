@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from paracell.errors import TraceFormatError
-from paracell.trace.schema import KINDS
 
 FORMAT_NAME = "paracell-trace"
 FORMAT_VERSION = 1
@@ -111,10 +110,12 @@ class Manifest:
             name=w.get("name", str),
             kind=w.choice("kind", WORKLOAD_KINDS),
             command=w.get("command", list),
-            operations=w.optional("operations", int),
+            operations=w.optional_count("operations"),
             operation_unit=w.optional("operation_unit", str),
             recreate=w.optional("recreate", str),
         )
+        from paracell.trace.schema import KINDS
+
         kinds = v.get("event_kinds", list)
         for kind in kinds:
             if kind not in KINDS:
@@ -177,6 +178,12 @@ class _Validator:
         if self.raw.get(key) is None:
             return None
         return self.get(key, kind)
+
+    def optional_count(self, key: str) -> int | None:
+        value = self.optional(key, int)
+        if value is not None and value < 0:
+            raise self._fail(key, "must not be negative", value)
+        return value
 
     def positive(self, key: str) -> int:
         value = self.get(key, int)

@@ -202,11 +202,19 @@ def _check_range(
         row = int(np.argmax(bad_mask))
         raise TraceFormatError(
             file,
-            f"value outside the allowed range [{lo}, {hi}]",
+            f"value outside the allowed range {_describe_range(lo, hi)}",
             column=name,
             row=row,
             value=values[row].item(),
         )
+
+
+def _describe_range(lo: int | None, hi: int | None) -> str:
+    if hi is None:
+        return f"(at least {lo})"
+    if lo is None:
+        return f"(at most {hi})"
+    return f"[{lo}, {hi}]"
 
 
 def _check_count(file: Path, table: pa.Table, manifest: Manifest, kind: str) -> None:

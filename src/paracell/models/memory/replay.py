@@ -348,6 +348,12 @@ def replay_kernel(
     return STATUS_OK
 
 
+# A replay of every policy keeps about 90 bytes per guest page at its peak
+# (measured with `paracell memory --guest-ram 64GiB`: 1.8 GB resident), so
+# 256 GiB needs about 6 GB of host memory.
+MAX_GUEST_RAM_BYTES = 256 * 2**30
+
+
 @dataclass(frozen=True)
 class ReplayConfig:
     """Guest and policy settings of a replay, taken from a cost table."""
@@ -398,11 +404,24 @@ class ReplayConfig:
         params[P_PG_RESERVE] = costs.get("memory.pager.reserve")
         _check_params(params)
 
-        ram = int(guest_ram_bytes or costs.get("memory.guest_ram"))
+        if guest_ram_bytes is None:
+            guest_ram_bytes = int(costs.get("memory.guest_ram"))
+        ram = int(guest_ram_bytes)
         if ram < 4 * _MIB:
             raise ModelError(
                 f"guest RAM of {ram} bytes is too small; the model needs at least 4 MiB"
             )
+        if ram > MAX_GUEST_RAM_BYTES:
+            raise ModelError(
+                f"guest RAM of {ram / 2**30:g} GiB is too large; the model keeps "
+                f"state per 4 KiB page and accepts at most "
+                f"{MAX_GUEST_RAM_BYTES // 2**30} GiB"
+            )
+        for name in ("memory.llfree.tree_frames", "memory.damon.max_nr_regions"):
+            if costs.get(name) < 1:
+                raise ModelError(
+                    f"parameter {name} is {costs.get(name):g}; it must be at least 1"
+                )
         nr_vcpus = int(vcpus if vcpus is not None else costs.get("memory.vcpus"))
         if nr_vcpus < 0:
             raise ModelError(
@@ -415,8 +434,8 @@ class ReplayConfig:
             base_pages=math.ceil(costs.get("memory.base_footprint") / page),
             pcp_batch=int(costs.get("memory.buddy.pcp_batch")),
             pcp_high=int(costs.get("memory.buddy.pcp_high")),
-            llfree_tree_frames=max(int(costs.get("memory.llfree.tree_frames")), 1),
-            damon_max_nr_regions=max(int(costs.get("memory.damon.max_nr_regions")), 1),
+            llfree_tree_frames=int(costs.get("memory.llfree.tree_frames")),
+            damon_max_nr_regions=int(costs.get("memory.damon.max_nr_regions")),
             params=params,
         )
 
@@ -503,9 +522,16 @@ def run_replay(
     cpus = (events.cpu % vcpus).astype(np.int64)
 
     while True:
-        guest, state, out, params = _allocate(
-            policy, placement, events, config, nr_pages, vcpus, capacity
-        )
+        try:
+            guest, state, out, params = _allocate(
+                policy, placement, events, config, nr_pages, vcpus, capacity
+            )
+        except MemoryError:
+            raise ModelError(
+                f"not enough host memory to model a guest of "
+                f"{config.guest_ram_bytes / 2**30:g} GiB; give a smaller "
+                "memory.guest_ram or --guest-ram"
+            ) from None
         status = replay_kernel(
             policy,
             guest,
