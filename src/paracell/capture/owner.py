@@ -204,13 +204,19 @@ def _judge(top: TraceFS, run_dir: Path, token: str, leftovers: _Leftovers) -> No
         except BlockingIOError:
             log.debug("capture %s is still running", token)
             return
+        # An owner that finished since the listing removed its files itself.
+        leftovers = _Leftovers(
+            [n for n in leftovers.instances if top.exists(f"instances/{n}")],
+            [p for p in leftovers.spools if os.path.lexists(p)],
+            [p for p in leftovers.mount_points if os.path.lexists(p)],
+        )
         if leftovers.instances or leftovers.spools or leftovers.mount_points:
             log.warning(
                 "removing %s left by capture %s, which no longer runs",
                 leftovers.describe(),
                 token,
             )
-        _remove(top, leftovers)
+            _remove(top, leftovers)
         _unlink_quietly(lock_path)
     finally:
         os.close(fd)
