@@ -71,8 +71,9 @@ class PidProbe:
                 f"{self.top.path(PRINT_FORMAT)} is missing, so the capture cannot "
                 "learn the kernel's id of the traced command"
             )
-        self.top.mkdir(f"instances/{self.name}")
+        # Marked first so that a signal just after the mkdir still cleans up.
         self._created = True
+        self.top.mkdir(f"instances/{self.name}")
         self._fs = self.top.instance(self.name)
         self._fs.write("tracing_on", "1")
         self.marker_fd = self._fs.open_write("trace_marker")
@@ -154,6 +155,6 @@ class PidProbe:
         if self._created:
             self._created = False
             try:
-                self.top.rmdir(f"instances/{self.name}")
+                self.top.rmdir(f"instances/{self.name}", missing_ok=True)
             except CaptureError as exc:
                 log.warning("cleanup: %s", exc)

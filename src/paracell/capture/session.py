@@ -113,14 +113,16 @@ def open_session(
     try:
         for role in roles:
             name = instance_name(token, role)
-            top.mkdir(f"instances/{name}")
             inst = Instance(
                 role,
                 name,
                 top.instance(name),
                 [tp for tp in tracepoints if tp.instance == role],
             )
+            # Registered before it exists: a signal arriving just after the
+            # mkdir must still find it in the session and remove it.
             session.instances[role] = inst
+            top.mkdir(f"instances/{name}")
             fs = inst.fs
             fs.write("tracing_on", "0")
             fs.write("trace_clock", TRACE_CLOCK)
@@ -202,8 +204,10 @@ def close_session(session: Session) -> None:
         try:
             inst.fs.write("tracing_on", "0")
         except CaptureError as exc:
-            log.warning("cleanup: %s", exc)
+            # Absent when a signal came between registration and mkdir.
+            if session.top.dry_run or session.top.exists(f"instances/{inst.name}"):
+                log.warning("cleanup: %s", exc)
         try:
-            session.top.rmdir(f"instances/{inst.name}")
+            session.top.rmdir(f"instances/{inst.name}", missing_ok=True)
         except CaptureError as exc:
             log.warning("cleanup: %s", exc)
