@@ -63,7 +63,13 @@ from paracell.capture.session import (
     stop_session,
     subbuffer_size,
 )
-from paracell.capture.tracefs import TraceFS, check_tracing_access, mount_tracefs
+from paracell.capture.tracefs import (
+    DEFAULT_BUFFER_KB,
+    DEFAULT_BUFFER_PERCENT,
+    TraceFS,
+    check_tracing_access,
+    mount_tracefs,
+)
 from paracell.capture.tree import (
     ALLOC,
     FREE,
@@ -80,8 +86,6 @@ from paracell.trace.store import Trace, check_output, write_trace
 
 log = logging.getLogger("paracell.capture")
 
-DEFAULT_BUFFER_KB = 16384
-DEFAULT_BUFFER_PERCENT = 25
 # pfn of a failed allocation (the kernel records -1UL).
 _NO_PFN = np.uint64(2**64 - 1)
 

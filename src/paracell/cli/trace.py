@@ -11,7 +11,7 @@ from paracell.trace.manifest import WORKLOAD_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from paracell.capture.record import DEFAULT_BUFFER_KB
+    from paracell.capture.tracefs import DEFAULT_BUFFER_KB
 
     parser.add_argument(
         "-o",
