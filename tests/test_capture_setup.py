@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from paracell.capture.session import (
 from paracell.capture.tracefs import TraceFS
 from paracell.errors import CaptureError
 
+TOKEN = "4242-0badcafe"
 FORMAT = "name: {name}\nID: {id}\nformat:\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n"
 
 
@@ -47,12 +47,12 @@ def dry_tracefs(*missing: str) -> TraceFS:
 def test_setup_writes_in_order() -> None:
     top = dry_tracefs()
     tps = [SYS_ENTER, SYS_EXIT, TASK_NEWTASK, MM_PAGE_ALLOC]
-    session = open_session(top, tps, buffer_kb=2048, buffer_percent=25)
+    session = open_session(top, tps, buffer_kb=2048, buffer_percent=25, token=TOKEN)
     arm_session(session, child_pid=4242, notrace_tids=[10, 11])
     close_session(session)
 
-    me = os.getpid()
-    tree, system = f"instances/paracell-{me}-tree", f"instances/paracell-{me}-system"
+    prefix = f"instances/paracell-{TOKEN}-"
+    tree, system = f"{prefix}tree", f"{prefix}system"
     writes = top.writes
 
     assert writes[0] == (tree, "<mkdir>")
@@ -84,13 +84,13 @@ def test_setup_writes_in_order() -> None:
         (tree, "<rmdir>"),
     ]
     # Nothing outside our instances is written.
-    assert [p for p, _ in writes if not p.startswith(f"instances/paracell-{me}-")] == []
+    assert [p for p, _ in writes if not p.startswith(prefix)] == []
 
 
 def test_missing_event_fails_loudly() -> None:
     top = dry_tracefs("mm_page_alloc")
     with pytest.raises(CaptureError, match="kmem:mm_page_alloc does not exist"):
-        open_session(top, [SYS_ENTER, MM_PAGE_ALLOC], buffer_kb=1024, buffer_percent=25)
+        open_session(top, [SYS_ENTER, MM_PAGE_ALLOC], 1024, 25, TOKEN)
     assert top.writes == []  # failed before creating anything
 
 
@@ -107,7 +107,7 @@ def test_stats_parsed() -> None:
 
 def test_lost_events_summed_per_cpu() -> None:
     top = dry_tracefs()
-    session = open_session(top, [SYS_ENTER, TASK_NEWTASK], 1024, 25)
+    session = open_session(top, [SYS_ENTER, TASK_NEWTASK], 1024, 25, TOKEN)
     tree = session.instance("tree").fs
     tree.dry_files["per_cpu/cpu1/stats"] = "overrun: 2\ndropped events: 5\n"
     assert read_lost_events(session)["tree"] == {0: 0, 1: 7}

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from paracell.trace.builder import TraceBuilder
 
@@ -138,3 +143,208 @@ def test_info_text_on_shipped_trace() -> None:
     assert result.returncode == 0, result.stderr
     assert "peak allocated:" in result.stdout
     assert "system calls:" in result.stdout
+
+
+def test_strace_timestamp_out_of_range(tmp_path: Path) -> None:
+    log = tmp_path / "big.log"
+    log.write_text("1 99999999999999999999.000001 getpid() = 1 <0.000001>\n")
+    result = paracell("import-strace", "-o", str(tmp_path / "o"), str(log))
+    assert_one_line_error(result, f"{log}:1", "timestamp is out of range")
+    assert not (tmp_path / "o").exists()
+
+
+def test_strace_only_unknown_calls(tmp_path: Path) -> None:
+    log = tmp_path / "odd.log"
+    log.write_text("1 1700000000.000001 frobnicate(1) = 0 <0.000001>\n")
+    result = paracell("import-strace", "-o", str(tmp_path / "o"), str(log))
+    assert_one_line_error(result, "no known x86-64 system calls", "frobnicate")
+    assert not (tmp_path / "o").exists()
+
+
+def test_import_force_keeps_foreign_directory(tmp_path: Path) -> None:
+    log = tmp_path / "run.log"
+    log.write_text("1 1700000000.000001 getpid() = 1 <0.000001>\n")
+    target = tmp_path / "important"
+    target.mkdir()
+    (target / "thesis.txt").write_text("precious\n")
+    result = paracell("import-strace", "--force", "-o", str(target), str(log))
+    assert_one_line_error(result, str(target), "--force replaces only")
+    assert (target / "thesis.txt").read_text() == "precious\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_trace_force_keeps_foreign_directory(tmp_path: Path) -> None:
+    """Checked before the command runs, with or without root."""
+    target = tmp_path / "important"
+    target.mkdir()
+    (target / "thesis.txt").write_text("precious\n")
+    marker = tmp_path / "ran"
+    result = paracell("trace", "--force", "-o", str(target), "--", "touch", str(marker))
+    assert_one_line_error(result, str(target), "--force replaces only")
+    assert (target / "thesis.txt").read_text() == "precious\n"
+    assert not marker.exists()
+
+
+def test_trace_output_in_proc(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    result = paracell("trace", "-o", "/proc/foo", "--", "touch", str(marker))
+    assert_one_line_error(result, "/proc/foo", "cannot create entries in /proc")
+    assert not marker.exists()
+
+
+def test_trace_output_on_read_only_fs(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a read-only tmpfs")
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount_point)],
+        check=True,
+    )
+    try:
+        marker = tmp_path / "ran"
+        out = mount_point / "sub" / "t"
+        result = paracell("trace", "-o", str(out), "--", "touch", str(marker))
+        assert_one_line_error(result, str(out), "Read-only file system")
+        assert not marker.exists()
+        log = tmp_path / "run.log"
+        log.write_text("1 1700000000.000001 getpid() = 1 <0.000001>\n")
+        result = paracell("import-strace", "-o", str(out), str(log))
+        assert_one_line_error(result, str(out), "Read-only file system")
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.tracefs
+def test_trace_output_on_full_fs(tmp_path: Path) -> None:
+    """The run is recorded, then the write fails: one line, nothing left behind."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to trace and to mount a tmpfs")
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount_point)],
+        check=True,
+    )
+    try:
+        out = mount_point / "t"
+        result = paracell("trace", "-o", str(out), "--", "ls", "-R", "/usr/lib")
+        assert_one_line_error(result, str(out), "No space left on device")
+        assert list(mount_point.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.tracefs
+def test_trace_without_events_warns(tmp_path: Path) -> None:
+    """`true` creates no task, so a task_newtask-only capture records nothing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to trace")
+    result = paracell(
+        "trace", "-o", str(tmp_path / "t"), "--events", "task_newtask", "--", "true"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: the capture recorded no events at all" in result.stderr
+
+
+def test_trace_empty_event_selection(tmp_path: Path) -> None:
+    for value in ("", " , "):
+        result = paracell(
+            "trace", "-o", str(tmp_path / "t"), "--events", value, "--", "true"
+        )
+        assert_one_line_error(result, "selects nothing", "syscalls")
+    assert not (tmp_path / "t").exists()
+
+
+def test_trace_operations_sources_exclusive(tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    count.write_text("7\n")
+    result = paracell(
+        "trace",
+        "-o",
+        str(tmp_path / "t"),
+        "--operations",
+        "5",
+        "--operations-from",
+        str(count),
+        "--",
+        "true",
+    )
+    assert result.returncode == 2, result.stderr
+    assert "not allowed with argument" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def run_as_nobody(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI in a forked child that dropped root; return (status, stderr)."""
+    from paracell.cli import build_parser, main
+
+    build_parser()  # imports every subcommand while the files are readable
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_fd)
+            sys.stderr = os.fdopen(write_fd, "w")
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            status = main(argv)
+            sys.stderr.flush()
+            os._exit(status)
+        except BaseException as exc:  # reported through the pipe
+            os.write(write_fd, f"child failed: {exc!r}".encode())
+        finally:
+            os._exit(99)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        stderr = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stderr
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory user nobody can enter (pytest's tmp_path is root-only)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to user nobody")
+    path = Path(tempfile.mkdtemp(prefix="paracell-nobody-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for p in [path, *path.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        shutil.rmtree(path)
+
+
+def test_info_unreadable_directory(world_dir: Path) -> None:
+    trace = good_trace(world_dir / "t")
+    trace.chmod(0o000)
+    status, stderr = run_as_nobody(["info", str(trace)])
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert str(trace) in lines[0]
+    assert "cannot read the trace directory (Permission denied)" in lines[0]
+
+
+def test_info_unreadable_manifest(world_dir: Path) -> None:
+    trace = good_trace(world_dir / "t")
+    (trace / "manifest.json").chmod(0o000)
+    status, stderr = run_as_nobody(["info", str(trace)])
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "manifest.json: cannot read the manifest (Permission denied)" in lines[0]
+    assert "JSON" not in lines[0]
+
+
+def test_info_unreadable_event_file(world_dir: Path) -> None:
+    trace = good_trace(world_dir / "t")
+    (trace / "syscalls.parquet").chmod(0o000)
+    status, stderr = run_as_nobody(["info", str(trace)])
+    assert status == 2, stderr
+    assert "syscalls.parquet: cannot read (Permission denied)" in stderr
+    assert "Traceback" not in stderr

@@ -16,6 +16,7 @@ import pytest
 from paracell.capture.strace import import_strace, parse_strace_log
 from paracell.capture.syscall_table import SYSCALL_NR
 from paracell.errors import TraceFormatError
+from paracell.trace import load_trace
 
 EDGE_LOG = """\
 100  1700000000.000100 execve("/bin/x", ["x"], 0x7ffd /* 3 vars */) = 0 <0.000200>
@@ -171,3 +172,88 @@ def test_real_strace_log(tmp_path: Path) -> None:
     ]
     assert len(sc["nr"]) == len(calls)
     assert trace.manifest.exit_status == 5
+
+
+def test_split_clone_keeps_thread_pid(tmp_path: Path) -> None:
+    """clone3 flags on the unfinished line still make the new task a thread."""
+    log = (
+        "100 1700000000.000100 clone3({flags=CLONE_VM|CLONE_THREAD|CLONE_SIGHAND, "
+        "exit_signal=0}, 88 <unfinished ...>\n"
+        "101 1700000000.000150 getsid(0) = 7 <0.000001>\n"
+        "100 1700000000.000200 <... clone3 resumed> => {parent_tid=[101]}, 88) = 101 "
+        "<0.000100>\n"
+        "101 1700000000.000300 getsid(0) = 7 <0.000001>\n"
+    )
+    trace = import_strace(write(tmp_path, log), tmp_path / "t")
+    sc = trace.table("syscalls").to_pydict()
+    sid = [i for i, n in enumerate(sc["nr"]) if n == SYSCALL_NR["getsid"]]
+    assert [sc["tid"][i] for i in sid] == [101, 101]
+    assert [sc["pid"][i] for i in sid] == [100, 100]
+
+
+def test_start_is_earliest_time(tmp_path: Path) -> None:
+    """A resumed call without its first line starts before the first line."""
+    log = (
+        '100 1700000000.000500 <... read resumed>"x", 1) = 1 <0.000400>\n'
+        "101 1700000000.000300 getpid() = 101 <0.000001>\n"
+    )
+    trace = import_strace(write(tmp_path, log), tmp_path / "t")
+    ts = trace.column("syscalls", "ts_ns")
+    assert trace.manifest.start_ts_ns == 1_700_000_000_000_100_000
+    assert ts.min() == trace.manifest.start_ts_ns
+    assert trace.manifest.end_ts_ns == 1_700_000_000_000_500_000
+    load_trace(tmp_path / "t", validate=True)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("1 99999999999999999999.000001 getpid() = 1 <0.000001>", "timestamp is out"),
+        ("1 1700000000.000001 getpid() = 99999999999999999999 <0.000001>", "64-bit"),
+        ("1 1700000000.000001 mmap() = 0x1ffffffffffffffff <0.000001>", "64 bits"),
+        ("1 1700000000.000001 getpid() = 1 <99999999999.000001>", "duration is out"),
+        ("9999999999 1700000000.000001 getpid() = 1 <0.000001>", "larger than"),
+        ("1 1700000000.000001 getpid() = 1 <-0.000001>", "<-0.000001> is negative"),
+        ("1 0.000001 <... read resumed>) = 1 <0.5>", "before time 0"),
+    ],
+)
+def test_bad_value_named_with_line(tmp_path: Path, line: str, message: str) -> None:
+    path = write(tmp_path, "1 1700000000.000000 getpid() = 1 <0.000001>\n" + line)
+    with pytest.raises(TraceFormatError, match=message) as info:
+        import_strace(path, tmp_path / "t")
+    assert f"{path}:2" in str(info.value)
+    assert not (tmp_path / "t").exists()
+
+
+def test_only_unknown_calls_rejected(tmp_path: Path) -> None:
+    log = (
+        "1 1700000000.000001 frobnicate(1) = 0 <0.000001>\n"
+        "1 1700000000.000002 twiddle() = 0 <0.000001>\n"
+        "1 1700000000.000003 syscall_0x1388() = -1 ENOSYS (Function not "
+        "implemented) <0.000001>\n"
+    )
+    with pytest.raises(TraceFormatError) as info:
+        import_strace(write(tmp_path, log), tmp_path / "t")
+    text = str(info.value)
+    assert "no known x86-64 system calls" in text
+    assert "frobnicate, twiddle" in text
+    assert "calls numbered outside 0-1023: 1" in text
+    assert not (tmp_path / "t").exists()
+
+
+def test_log_without_calls_rejected(tmp_path: Path) -> None:
+    for text in ("", "1 1700000000.000001 +++ exited with 0 +++\n"):
+        path = write(tmp_path, text)
+        with pytest.raises(TraceFormatError, match="no system calls found"):
+            import_strace(path, tmp_path / "t")
+
+
+def test_foreign_number_dropped(tmp_path: Path) -> None:
+    log = (
+        "1 1700000000.000001 getpid() = 1 <0.000001>\n"
+        "1 1700000000.000002 syscall_0x1388() = -1 ENOSYS (Function not "
+        "implemented) <0.000001>\n"
+    )
+    trace = import_strace(write(tmp_path, log), tmp_path / "t")
+    assert trace.column("syscalls", "nr").tolist() == [SYSCALL_NR["getpid"]]
+    assert any("dropped 1 with numbers outside" in n for n in trace.manifest.notes)

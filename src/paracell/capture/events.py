@@ -69,24 +69,23 @@ def parse_event_selection(text: str | None) -> list[str]:
     contains ``task_newtask``.
     """
     if text is None:
-        chosen = set(KINDS)
-    else:
-        chosen = set(ALWAYS)
-        for item in (t.strip() for t in text.split(",")):
-            if not item:
-                continue
-            if item in EVENT_GROUPS:
-                chosen.update(EVENT_GROUPS[item])
-            elif item in KINDS:
-                chosen.add(item)
-            else:
-                known = ", ".join(
-                    [*EVENT_GROUPS, *(k for k in KINDS if k not in EVENT_GROUPS)]
-                )
-                raise CaptureError(
-                    f"--events names unknown kind or group {item!r}; known: {known}"
-                )
-    chosen.update(ALWAYS)
+        return list(KINDS)
+    known = ", ".join([*EVENT_GROUPS, *(k for k in KINDS if k not in EVENT_GROUPS)])
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise CaptureError(
+            f"--events {text!r} selects nothing", hint=f"name kinds or groups: {known}"
+        )
+    chosen = set(ALWAYS)
+    for item in items:
+        if item in EVENT_GROUPS:
+            chosen.update(EVENT_GROUPS[item])
+        elif item in KINDS:
+            chosen.add(item)
+        else:
+            raise CaptureError(
+                f"--events names unknown kind or group {item!r}; known: {known}"
+            )
     return [k for k in KINDS if k in chosen]
 
 

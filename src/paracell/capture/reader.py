@@ -16,6 +16,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class RawReader:
     # A pipe that wakes the poll loop at once when stopping.
     _wake_r: int = -1
     _wake_w: int = -1
+    _on_thread_start: Callable[[], None] | None = None
 
     def open(self) -> None:
         for role, inst in self.session.instances.items():
@@ -66,18 +68,36 @@ class RawReader:
                 self.files.append(BufferFile(role, cpu, fd, out_path, out_fd))
         self._wake_r, self._wake_w = os.pipe()
 
-    def start(self) -> int:
-        """Start the reader thread; return its kernel thread id."""
+    def start(self, on_thread_start: Callable[[], None] | None = None) -> int:
+        """Start the reader thread; return its thread id in this pid namespace.
+
+        ``on_thread_start`` runs in the new thread before it reads anything
+        (the capture writes the thread's pid marker there).
+        """
+        self._on_thread_start = on_thread_start
         self._thread = threading.Thread(
             target=self._run, name="paracell-reader", daemon=True
         )
         self._thread.start()
         self._ready.wait()
+        if self.error is not None:
+            self._join()
+            error, self.error = self.error, None
+            if isinstance(error, CaptureError):
+                raise error
+            raise CaptureError(f"starting the trace reader failed: {error}")
         assert self.native_id is not None
         return self.native_id
 
     def _run(self) -> None:
         self.native_id = threading.get_native_id()
+        try:
+            if self._on_thread_start is not None:
+                self._on_thread_start()
+        except BaseException as exc:  # re-raised by start() in the caller
+            self.error = exc
+            self._ready.set()
+            return
         self._ready.set()
         poller = select.poll()
         by_fd = {f.fd: f for f in self.files}
@@ -123,11 +143,7 @@ class RawReader:
 
     def stop(self) -> None:
         """Stop the thread, copy what is left in the buffers, close the files."""
-        self._stop.set()
-        if self._wake_w >= 0:
-            os.write(self._wake_w, b"x")
-        if self._thread is not None:
-            self._thread.join()
+        self._join()
         error = self.error
         try:
             if error is None:
@@ -144,8 +160,19 @@ class RawReader:
         if error is not None:
             raise CaptureError(f"reading the trace buffers failed: {error}") from None
 
+    def _join(self) -> None:
+        """Stop the thread, if it runs, and wait for it."""
+        self._stop.set()
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
     def close(self) -> None:
-        """Close every descriptor once; safe to call again."""
+        """Stop the thread and close every descriptor once; safe to call again."""
+        # The thread polls these descriptors: it must end before they close.
+        self._join()
         for f in self.files:
             _close(f.fd)
             _close(f.out_fd)

@@ -1,11 +1,12 @@
 """Record a command and its descendants through tracefs into a trace directory.
 
-While the command runs, tracefs is mounted if needed and our instances are
-created. The command is forked blocked, tracing is armed on its pid, and the
-ring buffers are copied to spool files until it exits. Then tracing stops and
-the instances are removed. Afterwards the pages are decoded, system calls are
-paired, the allocator events of the tree are selected, and the trace is
-written atomically.
+Before anything runs, the output location is checked. While the command
+runs, tracefs is mounted for this capture and our instances are created.
+The command is forked blocked, its global pid is learned from the kernel,
+tracing is armed on that pid, and the ring buffers are copied to spool files
+until it exits. Then tracing stops and the instances are removed.
+Afterwards the pages are decoded, system calls are paired, the allocator
+events of the tree are selected, and the trace is written atomically.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from paracell.capture.events import (
     tracepoints_for,
 )
 from paracell.capture.launcher import BlockedChild, exit_status
+from paracell.capture.owner import (
+    CaptureLock,
+    instance_name,
+    remove_stale_captures,
+    spool_prefix,
+)
 from paracell.capture.pairing import pair_syscalls
+from paracell.capture.pidns import PidProbe, in_init_pid_ns
 from paracell.capture.reader import RawReader
 from paracell.capture.session import (
     Session,
@@ -53,8 +61,15 @@ from paracell.capture.session import (
     open_session,
     read_lost_events,
     stop_session,
+    subbuffer_size,
 )
-from paracell.capture.tracefs import TraceFS, mount_tracefs
+from paracell.capture.tracefs import (
+    DEFAULT_BUFFER_KB,
+    DEFAULT_BUFFER_PERCENT,
+    TraceFS,
+    check_tracing_access,
+    mount_tracefs,
+)
 from paracell.capture.tree import (
     ALLOC,
     FREE,
@@ -67,12 +82,10 @@ from paracell.capture.tree import (
 from paracell.errors import CaptureError
 from paracell.trace.manifest import Manifest, Workload
 from paracell.trace.schema import ALLOCATOR_KINDS, MAX_SYSCALL_NR, arrow_schema
-from paracell.trace.store import Trace, write_trace
+from paracell.trace.store import Trace, check_output, write_trace
 
 log = logging.getLogger("paracell.capture")
 
-DEFAULT_BUFFER_KB = 16384
-DEFAULT_BUFFER_PERCENT = 25
 # pfn of a failed allocation (the kernel records -1UL).
 _NO_PFN = np.uint64(2**64 - 1)
 
@@ -105,9 +118,15 @@ class CaptureResult:
     wall_ns: int
     decode_s: float
     records: int
-    # pid of the traced command: the root of the process tree.
+    # Global pid of the traced command (the root of the process tree), as
+    # the trace's pid columns hold it.
     root_pid: int = 0
     signals: list[int] = field(default_factory=list)
+
+    @property
+    def nr_events(self) -> int:
+        """Events of every kind in the written trace."""
+        return sum(self.trace.manifest.event_counts.values())
 
 
 class _Signals:
@@ -176,6 +195,7 @@ class _Recording:
 
     files: list[tuple[str, int, Path]]
     session: Session
+    # Global pid of the command.
     root_pid: int
     wait_status: int
     start_ns: int
@@ -190,21 +210,12 @@ def capture(
     """Run ``options.command`` under tracing and write the trace.
 
     Returns once the trace is written; the command's exit status is in the
-    result. Raises :class:`CaptureError` when tracing cannot start. tracefs
-    is left as it was found on every path, including SIGINT and SIGTERM.
+    result. Raises :class:`CaptureError` when tracing cannot start and
+    :class:`TraceFormatError` when the output cannot be written there; both
+    before the command runs. tracefs is left as it was found on every path,
+    including SIGINT and SIGTERM.
     """
-    try:
-        exists = options.output.exists()
-    except OSError as exc:
-        raise CaptureError(
-            f"{options.output}: cannot check the output: {exc.strerror}",
-            hint="choose a directory you can write to",
-        ) from None
-    if exists and not options.overwrite:
-        raise CaptureError(
-            f"{options.output}: output already exists",
-            hint="choose another -o or remove it first",
-        )
+    check_output(options.output, options.overwrite)
     needed = list(options.kinds)
     if any(k in ALLOCATOR_KINDS for k in needed):
         # Deciding which frees belong to the tree needs every allocation and
@@ -212,23 +223,50 @@ def capture(
         needed += ["mm_page_alloc", "mm_page_free"]
     tracepoints = tracepoints_for(needed)
     with _Signals() as signals:
-        mount = mount_tracefs()
+        check_tracing_access()
+        lock = CaptureLock.acquire()
         try:
-            top = TraceFS(mount.root)
-            if options.spool_dir is not None:
-                options.spool_dir.mkdir(parents=True, exist_ok=True)
-                recording = _record(
-                    options, top, tracepoints, options.spool_dir, signals, on_started
+            mount = mount_tracefs(lock.mount_point)
+            try:
+                top = TraceFS(mount.root)
+                remove_stale_captures(top, lock, Path(tempfile.gettempdir()))
+                return _capture_with_spool(
+                    options, top, tracepoints, lock.token, signals, on_started
                 )
-                return _write(options, recording, tracepoints, signals)
-            with tempfile.TemporaryDirectory(prefix="paracell-spool-") as spool:
-                recording = _record(
-                    options, top, tracepoints, Path(spool), signals, on_started
-                )
-                return _write(options, recording, tracepoints, signals)
+            finally:
+                with signals.deferred():
+                    mount.release()
         finally:
             with signals.deferred():
-                mount.release()
+                lock.release()
+
+
+def _capture_with_spool(
+    options: CaptureOptions,
+    top: TraceFS,
+    tracepoints: list[Tracepoint],
+    token: str,
+    signals: _Signals,
+    on_started: Callable[[int], None] | None,
+) -> CaptureResult:
+    if options.spool_dir is not None:
+        try:
+            options.spool_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CaptureError(
+                f"cannot create spool directory {options.spool_dir}: {exc.strerror}"
+            ) from None
+        recording = _record(
+            options, top, tracepoints, options.spool_dir, token, signals, on_started
+        )
+        return _write(options, recording, tracepoints, signals)
+    # The token in the name lets a later capture remove the directory when
+    # this one is killed with SIGKILL.
+    with tempfile.TemporaryDirectory(prefix=spool_prefix(token)) as spool:
+        recording = _record(
+            options, top, tracepoints, Path(spool), token, signals, on_started
+        )
+        return _write(options, recording, tracepoints, signals)
 
 
 def _record(
@@ -236,22 +274,41 @@ def _record(
     top: TraceFS,
     tracepoints: list[Tracepoint],
     spool: Path,
+    token: str,
     signals: _Signals,
     on_started: Callable[[int], None] | None,
 ) -> _Recording:
     """Run the command under tracing; tracefs is restored when this returns."""
-    session = open_session(top, tracepoints, options.buffer_kb, options.buffer_percent)
+    session = open_session(
+        top, tracepoints, options.buffer_kb, options.buffer_percent, token
+    )
+    probe = PidProbe(
+        top,
+        instance_name(token, "probe"),
+        session.layout,
+        0,
+        session.cpus,
+        token,
+    )
     child = BlockedChild(list(options.command))
     reader = RawReader(session, spool)
     started = False
     try:
         reader.open()
+        probe.open()
+        probe.page_size = subbuffer_size(top.instance(probe.name))
         # Fork before the reader thread exists: a forked child of a
         # threaded process may only call async-signal-safe functions.
-        child.spawn()
-        reader_tid = reader.start()
-        own_tids = [os.getpid(), threading.get_native_id(), reader_tid]
-        arm_session(session, child.pid, own_tids)
+        child.spawn(probe.marker_fd, probe.marker("child"))
+        reader.start(on_thread_start=lambda: probe.mark("reader"))
+        probe.mark("capture")
+        # Decoding runs numba code, where an interrupt raised from a signal
+        # handler would be lost in a callback; it is raised afterwards.
+        with signals.deferred():
+            global_ids = probe.collect(["child", "capture", "reader"])
+        probe.close()
+        root_pid = global_ids["child"]
+        arm_session(session, root_pid, [global_ids["capture"], global_ids["reader"]])
 
         start_wall = _dt.datetime.now(_dt.UTC)
         signals.child_pid = child.pid
@@ -269,12 +326,13 @@ def _record(
         signals.child_pid = None
         with signals.deferred():
             reader.close()
+            probe.close()
             if not started:
                 child.cancel()
             close_session(session)
     files = [(f.role, f.cpu, f.out_path) for f in reader.files]
     return _Recording(
-        files, session, child.pid, status, start_ns, end_ns, start_wall, lost
+        files, session, root_pid, status, start_ns, end_ns, start_wall, lost
     )
 
 
@@ -288,12 +346,19 @@ def _write(
     session = rec.session
     roles = {tp: tp.instance for tp in tracepoints}
     t0 = time.perf_counter()
-    decoded = decode_spool(
-        rec.files, session.page_size, session.layout, session.formats, roles
-    )
-    tables, notes = build_tables(
-        decoded, options.kinds, rec.root_pid, rec.start_ns, rec.end_ns
-    )
+    # numba code runs here; an interrupt is raised once it is done.
+    with signals.deferred():
+        decoded = decode_spool(
+            rec.files, session.page_size, session.layout, session.formats, roles
+        )
+        tables, notes = build_tables(
+            decoded,
+            options.kinds,
+            rec.root_pid,
+            rec.start_ns,
+            rec.end_ns,
+            in_init_pid_ns(),
+        )
     decode_s = time.perf_counter() - t0
 
     operations = options.operations
@@ -378,9 +443,18 @@ def _lost_summary(
 
 
 def build_tables(
-    decoded: DecodeResult, kinds: list[str], root_pid: int, start_ns: int, end_ns: int
+    decoded: DecodeResult,
+    kinds: list[str],
+    root_pid: int,
+    start_ns: int,
+    end_ns: int,
+    proc_has_global_pids: bool = True,
 ) -> tuple[dict[str, pa.Table], list[str]]:
-    """Turn decoded tracepoint columns into the trace's tables."""
+    """Turn decoded tracepoint columns into the trace's tables.
+
+    ``root_pid`` is the command's global pid. ``proc_has_global_pids`` is
+    true when /proc may be asked for the tgid of tasks older than the capture.
+    """
     cols = decoded.columns
     window = _window(start_ns, end_ns)
     newtask = window(cols[TASK_NEWTASK])
@@ -390,9 +464,15 @@ def build_tables(
         newtask["common_pid"],
         newtask["pid"],
         newtask["clone_flags"],
+        resolve_from_proc=proc_has_global_pids,
     )
     tables: dict[str, pa.Table] = {}
     notes = [f"tree tasks: {tree.nr_tasks}"]
+    if not proc_has_global_pids:
+        notes.append(
+            "/proc showed another pid namespace, so the pid column of tasks "
+            "older than the capture (outside the traced tree) is their tid"
+        )
 
     # task_newtask: tasks created by the tree.
     parent_tgid = tree.lookup(newtask["common_pid"], newtask["ts_ns"])

@@ -2,8 +2,8 @@
 
 Everything this module changes lives inside instances it creates, so
 removing them restores the global tracing state. Instance names carry the
-capture's process id. When a capture is killed with SIGKILL, the next capture
-removes the instances it left behind once their owner is gone.
+capture's token (see :mod:`paracell.capture.owner`), so that a later capture
+can remove them when this one is killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from paracell.capture.formats import (
     parse_event_format,
     parse_page_layout,
 )
+from paracell.capture.owner import instance_name
 from paracell.capture.tracefs import TraceFS
 from paracell.errors import CaptureError
 
 log = logging.getLogger("paracell.capture")
 
-INSTANCE_PREFIX = "paracell-"
-_INSTANCE_RE = re.compile(rf"^{INSTANCE_PREFIX}(\d+)-(\w+)$")
 # CLOCK_MONOTONIC, so ts_ns can be compared with time.monotonic_ns().
 TRACE_CLOCK = "mono"
 
@@ -84,32 +83,6 @@ def online_cpus(top: TraceFS) -> list[int]:
     return sorted(cpus)
 
 
-def remove_stale_instances(top: TraceFS) -> None:
-    """Remove instances of earlier captures whose process no longer exists."""
-    for name in top.listdir("instances"):
-        m = _INSTANCE_RE.match(name)
-        if not m:
-            continue
-        owner = int(m.group(1))
-        if owner == os.getpid() or _alive(owner):
-            continue
-        log.warning("removing tracefs instance %s left by process %d", name, owner)
-        try:
-            top.rmdir(f"instances/{name}")
-        except CaptureError as exc:
-            log.warning("%s", exc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def subbuffer_size(fs: TraceFS) -> int:
     """Return the ring-buffer page size in bytes (``buffer_subbuf_size_kb``)."""
     if fs.exists("buffer_subbuf_size_kb"):
@@ -120,30 +93,36 @@ def subbuffer_size(fs: TraceFS) -> int:
 
 
 def open_session(
-    top: TraceFS, tracepoints: list[Tracepoint], buffer_kb: int, buffer_percent: int
+    top: TraceFS,
+    tracepoints: list[Tracepoint],
+    buffer_kb: int,
+    buffer_percent: int,
+    token: str,
 ) -> Session:
     """Create our instances, set clock and buffer sizes; events stay disabled.
 
-    On any failure the instances created so far are removed again.
+    The instances are named after the capture's ``token``. On any failure
+    the instances created so far are removed again.
     """
     formats = check_tracepoints(top, tracepoints)
     layout = parse_page_layout(
         top.read("events/header_page"), top.read("events/header_event")
     )
-    remove_stale_instances(top)
     roles = [TREE, SYSTEM]
     session = Session(top, {}, formats, layout, 0, online_cpus(top))
     try:
         for role in roles:
-            name = f"{INSTANCE_PREFIX}{os.getpid()}-{role}"
-            top.mkdir(f"instances/{name}")
+            name = instance_name(token, role)
             inst = Instance(
                 role,
                 name,
                 top.instance(name),
                 [tp for tp in tracepoints if tp.instance == role],
             )
+            # Registered before it exists: a signal arriving just after the
+            # mkdir must still find it in the session and remove it.
             session.instances[role] = inst
+            top.mkdir(f"instances/{name}")
             fs = inst.fs
             fs.write("tracing_on", "0")
             fs.write("trace_clock", TRACE_CLOCK)
@@ -160,7 +139,11 @@ def open_session(
 
 
 def arm_session(session: Session, child_pid: int, notrace_tids: list[int]) -> None:
-    """Point the tree instance at ``child_pid``, enable events and start tracing."""
+    """Point the tree instance at ``child_pid``, enable events and start tracing.
+
+    Both ids are global: tracefs compares them with the ids of the initial
+    pid namespace.
+    """
     tree = session.instances[TREE].fs
     tree.write("options/event-fork", "1")
     tree.write("set_event_pid", str(child_pid))
@@ -221,8 +204,10 @@ def close_session(session: Session) -> None:
         try:
             inst.fs.write("tracing_on", "0")
         except CaptureError as exc:
-            log.warning("cleanup: %s", exc)
+            # Absent when a signal came between registration and mkdir.
+            if session.top.dry_run or session.top.exists(f"instances/{inst.name}"):
+                log.warning("cleanup: %s", exc)
         try:
-            session.top.rmdir(f"instances/{inst.name}")
+            session.top.rmdir(f"instances/{inst.name}", missing_ok=True)
         except CaptureError as exc:
             log.warning("cleanup: %s", exc)

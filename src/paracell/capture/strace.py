@@ -32,8 +32,8 @@ from paracell.capture import sysinfo
 from paracell.capture.syscall_table import SYSCALL_NR
 from paracell.errors import TraceFormatError
 from paracell.trace.manifest import Manifest, Workload
-from paracell.trace.schema import arrow_schema
-from paracell.trace.store import Trace, write_trace
+from paracell.trace.schema import MAX_SYSCALL_NR, arrow_schema
+from paracell.trace.store import Trace, check_output, write_trace
 
 _PREFIX = re.compile(
     r"^(?:(?P<pid>\d+)\s+)?(?P<sec>\d+)\.(?P<frac>\d+)\s+(?P<body>.*)$"
@@ -45,12 +45,18 @@ _RESUMED = re.compile(r"^<\.\.\. (?P<name>[a-z_][a-z0-9_]*) resumed>(?P<args>.*)
 # of the arguments before it finds the last such tail on the line.
 _RESULT = re.compile(
     r"^(?P<args>.*)\)\s+=\s+(?P<ret>0x[0-9a-fA-F]+|-?\d+|\?)(?P<rest>.*?)"
-    r"(?:\s+<(?P<dur>\d+\.\d+|unavailable)>)?\s*$"
+    r"(?:\s+<(?P<dur>-?\d+\.\d+|unavailable)>)?\s*$"
 )
 _UNFINISHED = re.compile(r"<unfinished \.\.\.>\)?\s*$")
 _ERRNO_NAME = re.compile(r"^\s+(?P<name>E[A-Z0-9_]+)\b")
 _UNKNOWN_SYSCALL = re.compile(r"^syscall_(0x[0-9a-f]+|\d+)$")
 _CLONE_CALLS = ("clone", "clone3", "fork", "vfork")
+
+# Limits of the syscalls table's columns, checked per line so that a bad
+# value is reported with its line instead of failing the Arrow conversion.
+_INT64_MAX = 2**63 - 1
+# PID_MAX_LIMIT of 64-bit kernels, the maximum of the pid and tid columns.
+_TID_MAX = 2**22
 
 # Kernel-internal restart codes that strace may show (include/linux/errno.h).
 _KERNEL_ERRNO = {
@@ -67,6 +73,8 @@ class _Pending:
     name: str
     ts_ns: int
     line_no: int
+    # Arguments printed before "<unfinished ...>": clone's flags are there.
+    args: str = ""
 
 
 @dataclass
@@ -81,9 +89,14 @@ class StraceLog:
     complete: list[bool] = field(default_factory=list)
     # Thread-group id of each task seen; threads come from clone(CLONE_THREAD).
     tgid: dict[int, int] = field(default_factory=dict)
+    # Smallest and largest time of any line or call, in ns: the trace's
+    # start and end. A resumed call without its first line starts before
+    # its own line.
     first_ts_ns: int | None = None
     last_ts_ns: int = 0
     unknown_names: set[str] = field(default_factory=set)
+    # Calls whose number no x86-64 system call has (syscall_0x...), skipped.
+    foreign_numbers: int = 0
     exit_status: int | None = None
     root_tid: int | None = None
 
@@ -107,7 +120,21 @@ def parse_strace_log(path: Path) -> StraceLog:
     # Calls still unfinished at the end never returned (exit_group, a kill).
     for tid, p in pending.items():
         _add_row(log, p.ts_ns, tid, p.name, 0, 0, False, path, p.line_no)
-    if log.first_ts_ns is None:
+    if not log.nr:
+        if log.unknown_names or log.foreign_numbers:
+            names = sorted(log.unknown_names)
+            listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            parts = [f"unknown names: {listed}"] if names else []
+            if log.foreign_numbers:
+                parts.append(
+                    f"calls numbered outside 0-{MAX_SYSCALL_NR}: {log.foreign_numbers}"
+                )
+            raise TraceFormatError(
+                path,
+                "no known x86-64 system calls found in the strace log "
+                f"({'; '.join(parts)})",
+                hint="record an x86-64 program with strace -f -ttt -T -o LOG CMD",
+            )
         raise TraceFormatError(
             path,
             "no system calls found in the strace log",
@@ -134,18 +161,19 @@ def _parse_line(
                 "timestamps are not seconds since the epoch; record with -ttt",
             )
         raise _fail(path, line_no, line, "not an strace -f -ttt -T line")
-    frac = m.group("frac")
-    ts_ns = int(m.group("sec")) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+    ts_ns = _seconds_to_ns(m.group("sec"), m.group("frac"))
+    if ts_ns > _INT64_MAX:
+        raise _fail(path, line_no, line, "timestamp is out of range")
     pid_text = m.group("pid")
     # A line without a pid (a log recorded without -f) belongs to the root
     # task. Its pid is taken from the first line that has one.
     tid = int(pid_text) if pid_text is not None else 0
+    if tid > _TID_MAX:
+        raise _fail(path, line_no, line, f"pid {tid} is larger than {_TID_MAX}")
     if log.root_tid is None and pid_text is not None:
         log.root_tid = tid
     body = m.group("body")
-    if log.first_ts_ns is None:
-        log.first_ts_ns = ts_ns
-    log.last_ts_ns = max(log.last_ts_ns, ts_ns)
+    _note_time(log, ts_ns)
 
     if body.startswith("---") and body.endswith("---"):
         return  # a signal delivery or stop
@@ -183,10 +211,15 @@ def _parse_line(
         if result is None:
             raise _fail(path, line_no, line, "resumed call has no '= RESULT'")
         ret, complete = _return_value(result, path, line_no, line)
-        duration = _duration_ns(result.group("dur"))
+        duration = _duration_ns(result.group("dur"), path, line_no, line)
         entry_ts = start.ts_ns if start is not None else ts_ns - duration
+        if entry_ts < 0:
+            raise _fail(path, line_no, line, "call starts before time 0")
         _add_row(log, entry_ts, tid, name, ret, duration, complete, path, line_no)
-        _note_clone(log, tid, name, result.group("args"), ret, complete)
+        # clone's flags were printed on the unfinished line, before the
+        # resumed part: strace splits a clone whose new task runs first.
+        args = (start.args if start is not None else "") + result.group("args")
+        _note_clone(log, tid, name, args, ret, complete)
         return
 
     call = _CALL.match(body)
@@ -195,13 +228,13 @@ def _parse_line(
     name = call.group("name")
     rest = call.group("args")
     if _UNFINISHED.search(rest):
-        pending[tid] = _Pending(name, ts_ns, line_no)
+        pending[tid] = _Pending(name, ts_ns, line_no, rest)
         return
     result = _RESULT.match(rest)
     if result is None:
         raise _fail(path, line_no, line, "system call has no '= RESULT'")
     ret, complete = _return_value(result, path, line_no, line)
-    duration = _duration_ns(result.group("dur"))
+    duration = _duration_ns(result.group("dur"), path, line_no, line)
     if complete and result.group("dur") is None:
         raise _fail(path, line_no, line, "call has no <duration>; record with -T")
     _add_row(log, ts_ns, tid, name, ret, duration, complete, path, line_no)
@@ -214,9 +247,16 @@ def _return_value(
     text = result.group("ret")
     if text == "?":
         return 0, False
-    value = int(text, 16) if text.startswith("0x") else int(text)
-    if value >= 1 << 63:
-        value -= 1 << 64  # an address shown in hex; store the raw 64-bit value
+    if text.startswith("0x"):
+        value = int(text, 16)
+        if value >= 1 << 64:
+            raise _fail(path, line_no, line, "return value is wider than 64 bits")
+        if value >= 1 << 63:
+            value -= 1 << 64  # an address shown in hex; store the raw 64-bit value
+    else:
+        value = int(text)
+        if not -(1 << 63) <= value <= _INT64_MAX:
+            raise _fail(path, line_no, line, "return value is out of 64-bit range")
     em = _ERRNO_NAME.match(result.group("rest") or "")
     if value == -1 and em is not None:
         name = em.group("name")
@@ -227,11 +267,26 @@ def _return_value(
     return value, True
 
 
-def _duration_ns(text: str | None) -> int:
+def _seconds_to_ns(sec: str, frac: str) -> int:
+    return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+
+
+def _duration_ns(text: str | None, path: Path, line_no: int, line: str) -> int:
     if text is None or text == "unavailable":
         return 0
+    if text.startswith("-"):
+        raise _fail(path, line_no, line, f"duration <{text}> is negative")
     sec, _, frac = text.partition(".")
-    return int(sec) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+    duration = _seconds_to_ns(sec, frac)
+    if duration > _INT64_MAX:
+        raise _fail(path, line_no, line, "duration is out of range")
+    return duration
+
+
+def _note_time(log: StraceLog, ts_ns: int) -> None:
+    if log.first_ts_ns is None or ts_ns < log.first_ts_ns:
+        log.first_ts_ns = ts_ns
+    log.last_ts_ns = max(log.last_ts_ns, ts_ns)
 
 
 def _syscall_nr(name: str) -> int | None:
@@ -259,6 +314,14 @@ def _add_row(
     if nr is None:
         log.unknown_names.add(name)
         return
+    if not 0 <= nr <= MAX_SYSCALL_NR:
+        # x32 or ia32 numbers, or garbage: the table contains x86-64 calls only.
+        log.foreign_numbers += 1
+        return
+    if ts_ns + duration_ns > _INT64_MAX:
+        raise TraceFormatError(
+            f"{path}:{line_no}", "call ends after the largest 64-bit timestamp"
+        )
     log.ts_ns.append(ts_ns)
     log.tid.append(tid)
     log.nr.append(nr)
@@ -266,7 +329,8 @@ def _add_row(
     log.duration_ns.append(duration_ns)
     log.complete.append(complete)
     log.tgid.setdefault(tid, tid)
-    log.last_ts_ns = max(log.last_ts_ns, ts_ns + duration_ns)
+    _note_time(log, ts_ns)
+    _note_time(log, ts_ns + duration_ns)
 
 
 def _note_clone(
@@ -285,6 +349,7 @@ def import_strace(
     overwrite: bool = False,
 ) -> Trace:
     """Convert ``log_path`` into a trace directory at ``output``."""
+    check_output(output, overwrite)
     log = parse_strace_log(log_path)
     # Lines without a pid belong to the root task, whose pid is that of the
     # first line with one. A log recorded without -f has none, so it is 0.
@@ -320,6 +385,11 @@ def import_strace(
         notes.append(
             "calls with unknown names were skipped: "
             + ", ".join(sorted(log.unknown_names))
+        )
+    if log.foreign_numbers:
+        notes.append(
+            f"syscalls: dropped {log.foreign_numbers} with numbers outside "
+            f"0-{MAX_SYSCALL_NR} (x32, ia32 or invalid calls)"
         )
     manifest = Manifest(
         workload=Workload(

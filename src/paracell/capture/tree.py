@@ -31,6 +31,9 @@ class TaskTree:
     # Thread-group ids of tasks created outside the tree, for the pid column
     # of events from other contexts.
     other_tgid: dict[int, int]
+    # Whether /proc lists global (initial pid namespace) ids, the ids events
+    # carry; only then may it be asked for the tgid of older tasks.
+    resolve_from_proc: bool = True
 
     @classmethod
     def build(
@@ -40,8 +43,12 @@ class TaskTree:
         parent_tid: np.ndarray,
         child_tid: np.ndarray,
         clone_flags: np.ndarray,
+        resolve_from_proc: bool = True,
     ) -> TaskTree:
-        """Replay time-sorted ``task_newtask`` events starting from ``root_pid``."""
+        """Replay time-sorted ``task_newtask`` events starting from ``root_pid``.
+
+        All ids, ``root_pid`` included, are global ids as events record them.
+        """
         # tid -> (tgid, membership start)
         member: dict[int, tuple[int, int]] = {root_pid: (root_pid, 0)}
         other_tgid: dict[int, int] = {}
@@ -76,6 +83,7 @@ class TaskTree:
             arr[:, 2].copy(),
             arr[:, 3].copy(),
             other_tgid,
+            resolve_from_proc,
         )
 
     @property
@@ -98,14 +106,16 @@ class TaskTree:
 
         Tasks that were not created during the capture (kworkers, the idle
         task, older processes) get their tgid from ``/proc`` when they still
-        exist, and their own id otherwise, which is right for kernel threads.
+        exist and /proc shows global ids, and their own id otherwise, which
+        is right for kernel threads.
         """
         out = self.lookup(tid, ts_ns)
         missing = out < 0
         if missing.any():
             uniq, inv = np.unique(tid[missing], return_inverse=True)
+            fallback = _proc_tgid if self.resolve_from_proc else int
             resolved = np.array(
-                [self.other_tgid.get(int(t), _proc_tgid(int(t))) for t in uniq],
+                [self.other_tgid.get(int(t), fallback(int(t))) for t in uniq],
                 dtype=np.int64,
             )
             out[missing] = resolved[inv]

@@ -31,7 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="agent",
         help="server or agent (default: agent)",
     )
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it is an earlier trace or an empty directory",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

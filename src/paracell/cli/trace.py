@@ -11,7 +11,7 @@ from paracell.trace.manifest import WORKLOAD_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from paracell.capture.record import DEFAULT_BUFFER_KB
+    from paracell.capture.tracefs import DEFAULT_BUFFER_KB
 
     parser.add_argument(
         "-o",
@@ -34,14 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated kinds or groups (syscalls, faults, sched, "
         "kmem) to record; default: all",
     )
-    parser.add_argument(
+    operations = parser.add_mutually_exclusive_group()
+    operations.add_argument(
         "--operations",
         type=int,
         metavar="N",
         help="operations (for example requests) the command performs, "
         "stored in the manifest",
     )
-    parser.add_argument(
+    operations.add_argument(
         "--operations-from",
         type=Path,
         metavar="FILE",
@@ -66,7 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"ring-buffer size per CPU and instance, in KiB "
         f"(default: {DEFAULT_BUFFER_KB})",
     )
-    parser.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it is an earlier trace or an empty directory",
+    )
     parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -113,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
         f"decoded {result.records} records in {result.decode_s:.2f} s",
         file=sys.stderr,
     )
+    if result.nr_events == 0:
+        print(
+            "paracell: warning: the capture recorded no events at all although "
+            f"{command[0]} ran; the trace is empty. Check that tracing works here "
+            "(run with --log-level DEBUG to see every tracefs write)",
+            file=sys.stderr,
+        )
     if result.lost_total:
         per_cpu = ", ".join(
             f"{k} {v}" for k, v in manifest.lost_events.items() if k.startswith("cpu")

@@ -71,15 +71,21 @@ class Manifest:
     @classmethod
     def read(cls, path: Path) -> Manifest:
         """Read and validate a manifest, raising :class:`TraceFormatError`."""
-        if not path.is_file():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             raise TraceFormatError(
                 path,
                 "manifest is missing",
                 hint="a trace directory needs manifest.json",
-            )
+            ) from None
+        except OSError as exc:
+            raise TraceFormatError(
+                path, f"cannot read the manifest ({exc.strerror})"
+            ) from None
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise TraceFormatError(path, f"manifest is not valid JSON: {exc}") from None
         return cls.from_dict(raw, path)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import os
+import secrets
 import shutil
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from paracell.errors import TraceFormatError
-from paracell.trace.manifest import Manifest
+from paracell.trace.manifest import FORMAT_NAME, Manifest
 from paracell.trace.schema import KINDS, arrow_schema, parquet_name
 
 log = logging.getLogger("paracell.trace")
@@ -54,8 +58,10 @@ class Trace:
             raise KeyError(f"unknown event kind {kind!r}")
         if kind not in self._tables:
             if self.has(kind):
-                table = read_table(self.path / parquet_name(kind), kind)
-                _check_count(self.path / parquet_name(kind), table, self.manifest, kind)
+                file = self.path / parquet_name(kind)
+                table = read_table(file, kind)
+                _check_count(file, table, self.manifest, kind)
+                check_start(file, table, self.manifest)
             else:
                 table = arrow_schema(kind).empty_table()
             self._tables[kind] = table
@@ -75,9 +81,14 @@ class Trace:
         digest = hashlib.sha256()
         for name in [MANIFEST_NAME, *(parquet_name(k) for k in sorted(self.kinds))]:
             digest.update(name.encode())
-            with open(self.path / name, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            try:
+                with open(self.path / name, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            except OSError as exc:
+                raise TraceFormatError(
+                    self.path / name, f"cannot read ({exc.strerror})"
+                ) from None
         return digest.hexdigest()
 
 
@@ -88,18 +99,30 @@ def load_trace(path: Path | str, validate: bool = False) -> Trace:
     all now.
     """
     path = Path(path)
-    if not path.exists():
-        raise TraceFormatError(path, "trace not found", hint="give a trace directory")
-    if not path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TraceFormatError(
+            path, "trace not found", hint="give a trace directory"
+        ) from None
+    except OSError as exc:
+        raise TraceFormatError(path, f"cannot read ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise TraceFormatError(
             path,
             "not a trace directory",
             hint="a trace is a directory with manifest.json",
         )
+    try:
+        entries = set(os.listdir(path))
+    except OSError as exc:
+        raise TraceFormatError(
+            path, f"cannot read the trace directory ({exc.strerror})"
+        ) from None
     manifest = Manifest.read(path / MANIFEST_NAME)
     for kind in manifest.event_kinds:
         file = path / parquet_name(kind)
-        if not file.is_file():
+        if file.name not in entries:
             raise TraceFormatError(
                 file, f"event file is missing although the manifest lists kind {kind!r}"
             )
@@ -111,6 +134,13 @@ def load_trace(path: Path | str, validate: bool = False) -> Trace:
 
 def read_table(file: Path, kind: str) -> pa.Table:
     """Read one Parquet event file and check schema, ordering and value ranges."""
+    try:
+        # Opened here first so that a permission or I/O error is reported
+        # as such, not as a corrupt Parquet file.
+        with open(file, "rb"):
+            pass
+    except OSError as exc:
+        raise TraceFormatError(file, f"cannot read ({exc.strerror})") from None
     try:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError) as exc:
@@ -197,12 +227,136 @@ def _check_count(file: Path, table: pa.Table, manifest: Manifest, kind: str) -> 
         )
 
 
+def check_start(file: Path, table: pa.Table, manifest: Manifest) -> None:
+    """Raise :class:`TraceFormatError` when an event precedes the trace's start."""
+    if table.num_rows == 0:
+        return
+    first = int(table.column("ts_ns")[0].as_py())  # the table is sorted
+    if first < manifest.start_ts_ns:
+        raise TraceFormatError(
+            file,
+            f"event is before the manifest's start_ts_ns {manifest.start_ts_ns}",
+            column="ts_ns",
+            row=0,
+            value=first,
+        )
+
+
 def _first_true(mask: pa.ChunkedArray) -> int:
     return int(np.argmax(mask.to_numpy(zero_copy_only=False)))
 
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_output(path: Path | str, overwrite: bool) -> None:
+    """Raise :class:`TraceFormatError` unless a trace can be written at ``path``.
+
+    The target must not exist, or with ``overwrite`` be a trace directory or
+    an empty directory. Its nearest existing ancestor must be a directory in
+    which this process can create entries (checked by creating one). Call
+    this before long work whose result would be lost otherwise.
+    """
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # an ancestor that is no directory is reported below
+    except OSError as exc:
+        raise TraceFormatError(
+            path, f"cannot check the output ({exc.strerror})"
+        ) from None
+    if st is not None:
+        if not overwrite:
+            raise TraceFormatError(
+                path,
+                "output already exists",
+                hint="choose another -o, remove it, or pass --force to replace "
+                "an earlier trace",
+            )
+        _check_replaceable(path, st)
+    _check_creatable(path)
+
+
+def _check_replaceable(path: Path, st: os.stat_result) -> None:
+    """Allow replacing only a paracell trace directory or an empty directory."""
+    rule = "--force replaces only a paracell trace directory or an empty directory"
+
+    if stat.S_ISLNK(st.st_mode):
+        raise TraceFormatError(path, "output is a symbolic link", hint=rule)
+    if not stat.S_ISDIR(st.st_mode):
+        raise TraceFormatError(path, "output exists and is not a directory", hint=rule)
+    try:
+        entries = set(os.listdir(path))
+    except OSError as exc:
+        raise TraceFormatError(
+            path, f"cannot list the output directory ({exc.strerror})", hint=rule
+        ) from None
+    if not entries:
+        return
+
+    if MANIFEST_NAME not in entries:
+        raise TraceFormatError(
+            path, f"output directory is not empty and has no {MANIFEST_NAME}", hint=rule
+        )
+    try:
+        raw = json.loads((path / MANIFEST_NAME).read_text())
+    except OSError as exc:
+        raise TraceFormatError(
+            path / MANIFEST_NAME, f"cannot read ({exc.strerror})", hint=rule
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise TraceFormatError(
+            path / MANIFEST_NAME,
+            "is not valid JSON, so the output is no trace",
+            hint=rule,
+        ) from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise TraceFormatError(
+            path / MANIFEST_NAME,
+            f'has no "format": "{FORMAT_NAME}", so the output is no trace',
+            hint=rule,
+        )
+
+    # Files a trace never contains are someone else's: keep them.
+    allowed = {MANIFEST_NAME, *(parquet_name(k) for k in KINDS)}
+    extra = sorted(entries - allowed)
+    if extra:
+        raise TraceFormatError(
+            path,
+            f"output directory contains {extra[0]!r}, which is not part of a trace",
+            hint=rule,
+        )
+
+
+def _check_creatable(path: Path) -> None:
+    """Check that the nearest existing ancestor of ``path`` accepts new entries."""
+    parent = path.parent
+    while True:
+        try:
+            st = os.stat(parent)
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            if parent == parent.parent:
+                raise TraceFormatError(path, "no ancestor directory exists") from None
+            parent = parent.parent
+        except OSError as exc:
+            raise TraceFormatError(
+                path, f"cannot check {parent} ({exc.strerror})"
+            ) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise TraceFormatError(path, f"{parent} is not a directory")
+    probe = parent / f".paracell-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.mkdir()
+    except OSError as exc:
+        raise TraceFormatError(
+            path,
+            f"cannot create entries in {parent}: {exc.strerror}",
+            hint="choose an output on a writable file system",
+        ) from None
+    probe.rmdir()
 
 
 def write_trace(
@@ -215,40 +369,88 @@ def write_trace(
 
     Files go to a hidden sibling directory, the manifest last, and the
     directory is renamed into place only when complete, so an interrupted
-    write never leaves a directory that looks like a trace.
+    write never leaves a directory that looks like a trace. With
+    ``overwrite``, only a trace directory or an empty directory is replaced
+    (see :func:`check_output`). Every failure raises
+    :class:`TraceFormatError` naming the path and the reason, and leaves no
+    hidden directory behind.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise TraceFormatError(
-            path, "output already exists", hint="choose another -o or remove it first"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    check_output(path, overwrite)
     try:
-        manifest.event_kinds = sorted(tables, key=list(KINDS).index)
-        manifest.event_counts = {}
-        for kind in manifest.event_kinds:
-            table = tables[kind].cast(arrow_schema(kind))
-            validate_table(staging / parquet_name(kind), kind, table)
-            _write_parquet(staging / parquet_name(kind), table)
-            manifest.event_counts[kind] = table.num_rows
-        manifest.write(staging / MANIFEST_NAME)
-        _fsync_dir(staging)
-        if path.exists():
-            retired = path.parent / f".{path.name}.old-{os.getpid()}"
-            path.rename(retired)
-            staging.rename(path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(path)
-        _fsync_dir(path.parent)
-    except BaseException:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TraceFormatError(
+            path, f"cannot create the output's parent directory ({exc.strerror})"
+        ) from None
+    staging = path.parent / f".{path.name}.partial-{os.getpid()}"
+    try:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
+        staging.mkdir()
+        try:
+            _write_files(staging, path, manifest, tables)
+            _replace(staging, path)
+        finally:
+            # After a successful replace the staging directory is gone.
+            if os.path.lexists(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise TraceFormatError(
+            path, f"cannot write the trace: {exc.strerror or exc}{where}"
+        ) from None
     log.info("wrote trace %s (%s)", path, manifest.event_counts)
     return load_trace(path)
+
+
+def _write_files(
+    staging: Path, path: Path, manifest: Manifest, tables: Mapping[str, pa.Table]
+) -> None:
+    """Validate and write every table and the manifest into ``staging``.
+
+    Errors name the file's final place below ``path``.
+    """
+    manifest.event_kinds = sorted(tables, key=list(KINDS).index)
+    manifest.event_counts = {}
+    for kind in manifest.event_kinds:
+        table = tables[kind].cast(arrow_schema(kind))
+        validate_table(path / parquet_name(kind), kind, table)
+        check_start(path / parquet_name(kind), table, manifest)
+        _write_parquet(staging / parquet_name(kind), table)
+        manifest.event_counts[kind] = table.num_rows
+    manifest.write(staging / MANIFEST_NAME)
+    _fsync_dir(staging)
+
+
+def _replace(staging: Path, path: Path) -> None:
+    """Move ``staging`` to ``path``, replacing an earlier trace or empty directory."""
+    if not os.path.lexists(path):
+        staging.rename(path)
+        return
+    try:
+        # rename(2) replaces an empty directory in one step.
+        staging.rename(path)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    retired = path.parent / f".{path.name}.old-{os.getpid()}"
+    path.rename(retired)
+    try:
+        staging.rename(path)
+    except BaseException:
+        retired.rename(path)
+        raise
+    errors: list[str] = []
+    shutil.rmtree(retired, onerror=lambda _f, p, e: errors.append(f"{p}: {e[1]}"))
+    if errors:
+        raise TraceFormatError(
+            retired,
+            f"the new trace is at {path}, but removing the one it replaced "
+            f"failed: {errors[0]}",
+            hint="remove it by hand",
+        )
 
 
 def _write_parquet(file: Path, table: pa.Table) -> None:
