@@ -3,9 +3,12 @@
 Run: ``.venv/bin/python benchmarks/bench_sweep.py [--repeats N] [TRACE ...]``
 
 The sweep is every memory policy on the shipped traces (or the given ones)
-on two placements: memory cells replay every allocator event through a
-policy, so each takes from about 10 ms (server traces) to about 0.8 s
-(agent traces) of CPU on this project's machines.
+on two placements and five free-page-reporting delays: 280 cells with the
+shipped traces. Memory cells replay every allocator event through a
+policy, so each takes from about 1 ms (server traces) to about 30 ms
+(agent traces) of CPU on this project's machines, and the whole sweep
+about 8 s on one worker. Fewer, shorter sweeps made the ratio noisy: with
+under 2 s per sweep, loading each trace once per worker was a large share.
 Each configuration runs the whole sweep into a fresh results directory
 through ``paracell sweep``. Throughput is measured between the first and
 the last cell written to the store, so starting the worker processes (and
@@ -38,6 +41,10 @@ traces = {traces}
 
 [memory]
 placements = ["default", "buddy"]
+
+[[params]]
+name = "memory.fpr.delay"
+values = [500, 1000, 2000, 4000, 8000]
 """
 
 
