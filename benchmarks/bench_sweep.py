@@ -5,9 +5,8 @@ Run: ``.venv/bin/python benchmarks/bench_sweep.py [--repeats N] [TRACE ...]``
 The sweep is every memory policy on the shipped traces (or the given ones)
 on two placements and five free-page-reporting delays: 280 cells with the
 shipped traces. Memory cells replay every allocator event through a
-policy, so each takes from about 1 ms (server traces) to about 30 ms
-(agent traces) of CPU on this project's machines, and the whole sweep
-about 8 s on one worker. Fewer, shorter sweeps made the ratio noisy: with
+policy; on this project's machines a cell takes 28 ms of CPU on average
+(the agent traces longest), and the whole sweep about 8 s on one worker. Fewer, shorter sweeps made the ratio noisy: with
 under 2 s per sweep, loading each trace once per worker was a large share.
 Each configuration runs the whole sweep into a fresh results directory
 through ``paracell sweep``. Throughput is measured between the first and
