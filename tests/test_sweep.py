@@ -413,6 +413,22 @@ def test_rejected_cells_do_not_stop_sweep(tmp_path: Path) -> None:
     assert len(_stored_cells(results)) == 2
 
 
+def test_corrupt_trace_fails_its_cells_cleanly(tmp_path: Path) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(_redis_path(), broken)
+    parquet = broken / "mm_page_alloc.parquet"
+    parquet.write_bytes(parquet.read_bytes()[: parquet.stat().st_size // 2])
+    spec = _write_spec(tmp_path, 'traces = ["broken"]\n[memory]\npolicies = ["fpr"]\n')
+    command = _sweep_command(spec, tmp_path / "results", "--workers", "1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "1 of 1 cells failed" in result.stderr
+    assert "mm_page_alloc.parquet" in result.stderr
+
+
 def _redis_path() -> Path:
     return next(p for p in shipped_trace_paths() if p.name == "redis")
 

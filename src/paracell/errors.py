@@ -24,6 +24,22 @@ class ParacellError(Exception):
             text += f" ({self.hint})"
         return text
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # The default pickling calls __init__ with self.args alone, which
+        # subclasses with other required arguments reject. Sweep workers send
+        # these errors back to the parent process, so rebuild from state.
+        return (_restore_error, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore_error(
+    cls: type[ParacellError], args: tuple[object, ...], state: dict[str, object]
+) -> ParacellError:
+    """Rebuild an error of class ``cls`` from its args and attributes."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class TraceFormatError(ParacellError):
     """A trace file is missing, unreadable or holds a value the format forbids.
