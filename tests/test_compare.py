@@ -67,7 +67,9 @@ def test_same_names_kept_apart(capsys, redis, tmp_path):
     assert [t["name"] for t in document["traces"]] == ["redis", "redis-2"]
     assert (out / "footprint-redis.png").stat().st_size > 0
     assert (out / "footprint-redis-2.png").stat().st_size > 0
-    assert json.loads((out / "compare.json").read_text())["traces"][1]["name"] == "redis-2"
+    assert (
+        json.loads((out / "compare.json").read_text())["traces"][1]["name"] == "redis-2"
+    )
     assert "redis-2" in (out / "compare.txt").read_text()
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert leftovers == []

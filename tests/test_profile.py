@@ -36,3 +36,11 @@ def test_rate_in_bytes_per_second(tmp_path):
     profile = tmp_path / "p.toml"
     profile.write_text('[params]\n"memory.balloon.rate" = "1048576 B/s"\n')
     assert load_costs(profile).get("memory.balloon.rate") == 1048576.0
+
+
+def test_binary_profile_rejected(tmp_path):
+    # A real ELF file passed by mistake: its header is not UTF-8.
+    profile = tmp_path / "ls.toml"
+    profile.write_bytes(open("/bin/ls", "rb").read(4096))
+    with pytest.raises(ProfileError, match=r"ls\.toml: not UTF-8 text"):
+        load_costs(profile)

@@ -413,6 +413,13 @@ def test_rejected_cells_do_not_stop_sweep(tmp_path: Path) -> None:
     assert len(_stored_cells(results)) == 2
 
 
+def test_binary_spec_rejected(tmp_path: Path) -> None:
+    spec = tmp_path / "ls.toml"
+    spec.write_bytes(Path("/bin/ls").read_bytes()[:4096])
+    with pytest.raises(ResultsError, match=r"ls\.toml: not UTF-8 text"):
+        read_spec(spec)
+
+
 def test_corrupt_trace_fails_its_cells_cleanly(tmp_path: Path) -> None:
     import shutil
 

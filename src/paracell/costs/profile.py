@@ -168,6 +168,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: cannot read profile ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start})",
+            hint="a cost profile is a TOML file, as `paracell calibrate -o` writes",
+        ) from None
 
 
 def write_profile(

@@ -187,6 +187,12 @@ def read_spec(path: Path) -> SweepSpec:
         raise ResultsError(f"{path}: failed to read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ResultsError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start})",
+            hint="a sweep specification is a TOML file like examples/sweep.toml",
+        ) from None
     return parse_spec(document, path)
 
 
