@@ -639,3 +639,14 @@ def test_scheduler_help_uses_loopback(capsys: pytest.CaptureFixture[str]) -> Non
     assert "tcp://127.0.0.1:8786" in help_text
     assert "10.0.0." not in help_text
     assert "--max-cells N" in help_text
+
+
+@pytest.mark.parametrize("address", ["notaurl", "tcp://127.0.0.1", "tcp://host:port"])
+def test_malformed_scheduler_rejected_at_once(tmp_path: Path, address: str) -> None:
+    spec = _write_spec(tmp_path, GRID_SPEC)
+    command = _sweep_command(spec, tmp_path / "results", "--scheduler", address)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "invalid address" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "results").exists()

@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from paracell.reports.store import ResultsStore
     from paracell.reports.sweep import (
         check_grid_size,
+        check_scheduler_address,
         expand_cells,
         load_sweep_traces,
         read_spec,
@@ -90,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ResultsError(f"--workers {args.workers}: expected at least 1")
+    if args.scheduler:
+        check_scheduler_address(args.scheduler)
     spec = read_spec(args.spec)
     traces = load_sweep_traces(spec)
     directory = results_dir(args)

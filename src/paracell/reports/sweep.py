@@ -897,6 +897,25 @@ def _run_local(
     pool.shutdown(wait=True)
 
 
+def check_scheduler_address(address: str) -> None:
+    """Raise ResultsError unless ``address`` parses as a dask.distributed address.
+
+    Checked before anything runs, because a Client given an address without
+    a port fails only after its connection timeout.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme in ("tcp", "tls"):
+            parse_host_port(location)
+    except ValueError as exc:
+        raise ResultsError(
+            f"--scheduler {address!r}: invalid address ({exc})",
+            hint="give the scheduler's address as tcp://HOST:PORT",
+        ) from None
+
+
 def _run_dask(
     cells: Sequence[Cell], address: str
 ) -> Iterator[tuple[Cell, dict[str, Any] | None, str | None]]:
