@@ -173,6 +173,26 @@ def test_report_bad_trace_exit_2(
     assert not (tmp_path / "out" / "index.html").exists()
 
 
+def test_report_damaged_trace_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from paracell.trace import shipped_trace_paths
+
+    damaged = tmp_path / "damaged"
+    redis = next(p for p in shipped_trace_paths() if p.name == "redis")
+    shutil.copytree(redis, damaged)
+    table = pq.read_table(damaged / "mm_page_alloc.parquet")
+    pq.write_table(table.drop(["migratetype"]), damaged / "mm_page_alloc.parquet")
+    status = main(["report", str(damaged), "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert "column 'migratetype'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # Every image must be decoded with a non-zero natural size, and the page must
 # have its title and notice; the expression returns what it found.
 _PAGE_CHECK = """

@@ -22,7 +22,7 @@ from typing import Any
 from paracell import __version__
 from paracell.costs import CostTable
 from paracell.costs.sources import SOURCES
-from paracell.errors import ParacellError
+from paracell.errors import ModelError
 from paracell.reports import plots
 
 log = logging.getLogger("paracell.reports")
@@ -118,14 +118,16 @@ def evaluate_trace(
     if results_dir is not None:
         section.live = stored_live_runs(results_dir, section.trace_hash)
     section.classes = tuple(getattr(latency, "CLASSES", ()))
+    # Only a model's own refusal leaves a gap in the page; a damaged trace
+    # (TraceFormatError) fails the whole report, as it fails every command.
     try:
         section.latency = latency.evaluate(trace, costs).to_dict()
-    except ParacellError as exc:
+    except ModelError as exc:
         section.latency_error = str(exc)
         log.warning("%s: latency model: %s", trace.name, exc)
     try:
         section.memory = memory.evaluate(trace, costs)
-    except ParacellError as exc:
+    except ModelError as exc:
         section.memory_error = str(exc)
         log.warning("%s: memory model: %s", trace.name, exc)
     return section
