@@ -69,8 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-rss",
         metavar="BYTES",
-        help="maximum resident memory of the region, in bytes or with a unit "
-        "such as 512MiB (default: half of MemAvailable at start)",
+        help="maximum memory the replay adds: the region's resident memory plus "
+        "its page tables and buffers, in bytes or with a unit such as 512MiB; the "
+        "process's own code and model data (about 300 MiB) are not counted "
+        "(default: half of MemAvailable at start)",
     )
     parser.add_argument(
         "--sample-ms",

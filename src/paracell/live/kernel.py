@@ -247,6 +247,14 @@ def mem_available_bytes() -> int:
     return info["MemAvailable"]
 
 
+def process_rss_bytes() -> int:
+    """Return this process's resident memory (VmRSS), or 0 where it is not reported."""
+    for line in _read_text(Path("/proc/self/status")).splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def thp_enabled_mode() -> str:
     """Return the selected mode of transparent huge pages (always, madvise or never)."""
     text = _read_text(Path("/sys/kernel/mm/transparent_hugepage/enabled"))

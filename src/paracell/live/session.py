@@ -46,9 +46,10 @@ HUGE_PAGE_POLICIES = frozenset({"thp", "hyperalloc"})
 DEFAULT_RSS_FRACTION = 0.5
 # MemAvailable that must stay free for the rest of the machine.
 SAFETY_MARGIN_BYTES = 512 * _MIB
-# Margin added to the model's peak footprint: the process's own arrays and
-# Python heap, plus page tables (8 bytes per resident 4 KiB page is 1/512,
-# rounded up to 1/256 for the upper levels).
+# Margin added to the model's peak footprint for what the replay allocates
+# besides the region: its buffers and Python heap (agent-build with pager
+# grew the process by 26 MiB beyond the region), plus page tables (8 bytes
+# per resident 4 KiB page is 1/512, rounded up to 1/256 for upper levels).
 FIXED_MARGIN_BYTES = 64 * _MIB
 PAGE_TABLE_SHARE = 1 / 256
 # Share of resident memory below which a 2 MiB policy's run is reported as
@@ -75,18 +76,24 @@ class MemoryBudget:
     max_rss_bytes: int
     mem_available_bytes: int
     safety_margin_bytes: int
+    # Resident memory of this process before the region is mapped: code,
+    # libraries and the model's data. Already in use, so not counted.
+    process_rss_bytes: int = 0
 
     @property
     def needed_bytes(self) -> int:
+        """Memory the replay adds to the process: region, page tables, buffers."""
         return self.model_peak_bytes + self.margin_bytes
 
     def check(self, run_name: str) -> None:
         """Raise LiveError if the run does not fit --max-rss or MemAvailable."""
         need = self.needed_bytes
         detail = (
-            f"{run_name} needs about {need / _MIB:.0f} MiB of memory (the model's peak "
-            f"footprint of {self.model_peak_bytes / _MIB:.0f} MiB plus a margin of "
-            f"{self.margin_bytes / _MIB:.0f} MiB)"
+            f"{run_name} needs about {_ceil_mib(need)} MiB more memory (the model's "
+            f"peak footprint of {_ceil_mib(self.model_peak_bytes)} MiB for the region "
+            f"plus {_ceil_mib(self.margin_bytes)} MiB for page tables and buffers; "
+            f"the {_ceil_mib(self.process_rss_bytes)} MiB this process already uses "
+            "are not counted)"
         )
         if need > self.max_rss_bytes:
             raise LiveError(
@@ -111,7 +118,12 @@ class MemoryBudget:
             "max_rss_bytes": self.max_rss_bytes,
             "mem_available_bytes": self.mem_available_bytes,
             "safety_margin_bytes": self.safety_margin_bytes,
+            "process_rss_bytes": self.process_rss_bytes,
         }
+
+
+def _ceil_mib(nbytes: int) -> int:
+    return -(-nbytes // _MIB)
 
 
 def _round_mib(nbytes: int) -> int:
@@ -138,6 +150,7 @@ def plan_budget(
         max_rss_bytes=limit,
         mem_available_bytes=available,
         safety_margin_bytes=SAFETY_MARGIN_BYTES,
+        process_rss_bytes=kernel.process_rss_bytes(),
     )
 
 
