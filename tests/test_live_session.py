@@ -219,3 +219,9 @@ def test_budget_numbers():
     explicit = plan_budget(100 * MIB, 25_600, 50 * MIB)
     with pytest.raises(LiveError, match="more than --max-rss allows"):
         explicit.check("test")
+    # The need is printed rounded up, so passing the printed figure works.
+    with pytest.raises(LiveError) as excinfo:
+        explicit.check("test")
+    printed = int(str(excinfo.value).split("needs about ")[1].split(" MiB")[0])
+    plan_budget(100 * MIB, 25_600, printed * MIB).check("test")
+    assert explicit.process_rss_bytes > 0
