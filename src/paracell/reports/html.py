@@ -76,6 +76,10 @@ class TraceSection:
     memory: Any | None = None
     memory_error: str | None = None
     classes: Sequence[str] = field(default_factory=tuple)
+    # Page counts the latency model took from the memory model (None: the
+    # latency model's own count of distinct allocated frames).
+    first_touch_pages: int | None = None
+    pager_bound_pages: int | None = None
     # Results of `paracell live --save` on this trace, newest per policy.
     live: list[dict[str, Any]] = field(default_factory=list)
 
@@ -120,16 +124,26 @@ def evaluate_trace(
     section.classes = tuple(getattr(latency, "CLASSES", ()))
     # Only a model's own refusal leaves a gap in the page; a damaged trace
     # (TraceFormatError) fails the whole report, as it fails every command.
-    try:
-        section.latency = latency.evaluate(trace, costs).to_dict()
-    except ModelError as exc:
-        section.latency_error = str(exc)
-        log.warning("%s: latency model: %s", trace.name, exc)
+    first_touch = pager_bound = None
     try:
         section.memory = memory.evaluate(trace, costs)
     except ModelError as exc:
         section.memory_error = str(exc)
         log.warning("%s: memory model: %s", trace.name, exc)
+    else:
+        # The same link as `paracell compare`, so both show the same figures:
+        # first touches from the static policy, the Pager's binds from its run.
+        first_touch = int(section.memory.runs["static"].metrics["secondary_faults"])
+        pager_bound = int(section.memory.runs["pager"].metrics["pages_bound"])
+        section.first_touch_pages = first_touch
+        section.pager_bound_pages = pager_bound
+    try:
+        section.latency = latency.evaluate(
+            trace, costs, first_touch_pages=first_touch, pager_bound_pages=pager_bound
+        ).to_dict()
+    except ModelError as exc:
+        section.latency_error = str(exc)
+        log.warning("%s: latency model: %s", trace.name, exc)
     return section
 
 
@@ -319,7 +333,23 @@ def _latency_part(section: TraceSection) -> str:
         + "".join(rows)
         + "</table>"
     )
-    return f"{figure}{table}"
+    return f"{figure}{table}{_page_count_note(section)}"
+
+
+def _page_count_note(section: TraceSection) -> str:
+    """Say where the latency model's first touches and Pager binds came from."""
+    if section.first_touch_pages is None:
+        return (
+            "<p class='muted'>First touches: the trace's distinct allocated page "
+            "frames (the memory model did not run).</p>"
+        )
+    return (
+        f"<p class='muted'>As in <code>paracell compare</code>, RunV and PVM take "
+        f"{section.first_touch_pages:,} first-touch faults (the memory model's "
+        f"static policy) and ParaCell's Pager binds {section.pager_bound_pages:,} "
+        "pages (its pager policy). <code>paracell latency</code> alone counts the "
+        "trace's distinct allocated frames, so its figures differ slightly.</p>"
+    )
 
 
 def claim_rows(section: TraceSection) -> list[dict[str, Any]]:
