@@ -83,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
             if args.sensitivity
             else None
         )
-        notes = trace_caveats(trace)
+        notes = trace_caveats(trace) + [
+            "first touches and Pager binds are the trace's distinct allocated "
+            "frames; `paracell compare` and `paracell report` take them from the "
+            "memory model instead, so their figures differ slightly"
+        ]
         record_run(args, "latency", trace, report.to_dict())
         document: dict[str, Any] = {
             "trace": report.trace_name,
