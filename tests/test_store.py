@@ -109,7 +109,8 @@ def test_query_creates_and_changes_nothing(
         with pytest.raises(ResultsError) as caught:
             store.query(sql.format(outside=outside))
         message = str(caught.value)
-        assert message.startswith(f"query failed: {denied}")
+        assert message.startswith("query failed: the statement does not only read")
+        assert f"(SQLite asked for {denied}" in message
         assert "\n" not in message
         _, rows = store.query("SELECT count(*) FROM runs")
         assert rows == [(1,)]

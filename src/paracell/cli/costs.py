@@ -7,6 +7,7 @@ from typing import Any
 
 from paracell.cli._common import add_json_argument, add_profile_argument, print_json
 from paracell.costs import SOURCES, CostTable, Param, load_costs
+from paracell.errors import ParacellError
 
 # Times are stored in ns; microseconds read better for most of them.
 _TIME_UNITS = (("ms", 1e6), ("us", 1e3), ("ns", 1.0))
@@ -53,6 +54,12 @@ def _row(param: Param) -> dict[str, Any]:
 
 def _selected(table: CostTable, prefix: str | None) -> list[Param]:
     params = [p for p in table if prefix is None or p.name.startswith(prefix)]
+    if not params:
+        groups = sorted({p.name.split(".")[0] + "." for p in table})
+        raise ParacellError(
+            f"--name {prefix!r}: no parameter name starts with it",
+            hint=f"parameter names start with {', '.join(groups)}",
+        )
     return sorted(params, key=lambda p: (p.name, p.deployment))
 
 

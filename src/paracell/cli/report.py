@@ -53,5 +53,6 @@ def run(args: argparse.Namespace) -> int:
             f"{args.out}: cannot write the report ({exc.strerror})"
         ) from None
     size_kib = path.stat().st_size / 1024
-    print(f"wrote {path} ({len(sections)} traces, {size_kib:,.0f} KiB, self-contained)")
+    traces_text = "1 trace" if len(sections) == 1 else f"{len(sections)} traces"
+    print(f"wrote {path} ({traces_text}, {size_kib:,.0f} KiB, self-contained)")
     return 0

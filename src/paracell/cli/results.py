@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     with ResultsStore(results_dir(args), readonly=True) as store:
         if args.show:
             return _show(store, args.show, args.json)
-        if args.query:
+        if args.query is not None:
+            if not args.query.strip():
+                raise ResultsError(
+                    "--query is empty",
+                    hint='give one SQL statement, e.g. --query "SELECT * FROM runs"',
+                )
             columns, rows = store.query(args.query)
         else:
             columns, rows = store.list_runs(limit=args.limit or None)

@@ -515,7 +515,8 @@ class ResultsStore:
         except sqlite3.Error as exc:
             if authorizer.denied is not None:
                 raise ResultsError(
-                    f"query failed: {authorizer.denied} is not allowed",
+                    "query failed: the statement does not only read "
+                    f"(SQLite asked for {authorizer.denied})",
                     hint="queries may only read: SELECT, WITH, VALUES, EXPLAIN "
                     "and pragmas such as table_info",
                 ) from None
