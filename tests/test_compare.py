@@ -108,3 +108,18 @@ def test_unwritable_out_is_one_line_error(capsys, redis, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("paracell: error:")
     assert "Traceback" not in err
+
+
+def test_compare_bad_out_fails_before_modelling(tmp_path, capsys):
+    from paracell.cli import main
+    from paracell.trace import shipped_trace_paths
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    redis = next(p for p in shipped_trace_paths() if p.name == "redis")
+    status = main(["compare", str(redis), "--out", str(blocker / "out")])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "is not a directory" in captured.err
+    # Nothing was modelled or printed before the error.
+    assert captured.out == ""

@@ -36,6 +36,7 @@ from paracell.cli._common import (
 )
 from paracell.cli.results import record_run
 from paracell.errors import ModelError, ParacellError
+from paracell.reports.output import check_output_dir
 from paracell.reports.saving import add_save_arguments, check_save_target
 
 if TYPE_CHECKING:
@@ -74,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
 
     costs = load_costs(args.profile)
     check_save_target(args)
+    if args.out:
+        # Checked before modelling, so a bad path does not cost the whole run.
+        check_output_dir(args.out)
     traces = load_traces(args.traces)
     announce_first_compile(replay_kernel, syscall_totals)
     labels = unique_labels([t.name for t in traces])
@@ -237,7 +241,8 @@ def reduction_table(report: Any) -> Any:
         table.add_row(
             RUNTIME_LABELS.get(r.baseline, r.baseline),
             r.deployment,
-            f"{r.model_percent:.1f}%",
+            # + 0.0 turns a rounded -0.0 into 0.0.
+            f"{round(r.model_percent, 1) + 0.0:.1f}%",
             f"{r.claim_percent:.0f}%",
             r.reason,
         )
