@@ -100,6 +100,12 @@ def run(args: argparse.Namespace) -> int:
     check_save_target(args)
     policies = args.policy or list(ALL)
     guest_ram = parse_size(args.guest_ram, "--guest-ram") if args.guest_ram else None
+    if guest_ram is not None and args.placement == "trace":
+        print(
+            "paracell: --guest-ram is ignored with --placement trace, which keeps "
+            "the captured page frames of the capturing machine",
+            file=sys.stderr,
+        )
     if args.vcpus is not None and args.vcpus < 1:
         raise ParacellError(f"--vcpus {args.vcpus} is invalid; give 1 or more")
     for option, path in (("--plot", args.plot), ("--sweep-plot", args.sweep_plot)):
@@ -186,6 +192,7 @@ def _policy_notes(report: Any, costs: Any) -> list[str]:
 
 
 def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
+    from rich import box
     from rich.table import Table
 
     console = make_console()
@@ -195,38 +202,59 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
         f"{info['allocations']} allocations, {info['frees']} frees "
         f"(modelled, not measured)"
     )
-    table = Table(show_edge=False, header_style="bold")
-    for column in (
-        "policy",
-        "placement",
-        "mean MiB",
-        "peak MiB",
-        "GiB x s",
-        "waste %",
-        "2nd faults",
-        "hypercalls",
-        "pages bound",
-        "pages unbound",
-        "overhead ms",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("policy", "placement") else "right"
-        )
+    rows = []
     for name, run in report.runs.items():
         m = run.metrics
-        table.add_row(
-            name,
-            m["placement"],
-            f"{m['mean_footprint_bytes'] / _MIB:.1f}",
-            f"{m['peak_footprint_bytes'] / _MIB:.1f}",
-            f"{m['gib_seconds']:.3g}",
-            f"{m['waste_fraction'] * 100:.2f}",
-            f"{m['secondary_faults']}",
-            f"{m['hypercalls']}",
-            f"{m['pages_bound']}",
-            f"{m['pages_unbound']}",
-            f"{m['overhead_ns'] / 1e6:.1f}",
+        rows.append(
+            (
+                name,
+                m["placement"],
+                f"{m['mean_footprint_bytes'] / _MIB:.1f}",
+                f"{m['peak_footprint_bytes'] / _MIB:.1f}",
+                f"{m['gib_seconds']:.3g}",
+                f"{m['waste_fraction'] * 100:.2f}",
+                f"{m['secondary_faults']}",
+                f"{m['hypercalls']}",
+                f"{m['pages_bound']}",
+                f"{m['pages_unbound']}",
+                f"{m['overhead_ns'] / 1e6:.1f}",
+            )
         )
+    headers = (
+        "policy",
+        "guest\nalloc",
+        "mean\nMiB",
+        "peak\nMiB",
+        "GiB\nx s",
+        "waste\n%",
+        "2nd\nfaults",
+        "hyper-\ncalls",
+        "pages\nbound",
+        "pages\nunbound",
+        "overhead\nms",
+    )
+    # No vertical rules, and every column at least as wide as its longest
+    # value and header word: an 80-column terminal shows them all whole.
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        header_style="bold",
+        padding=(0, 0),
+        pad_edge=False,
+    )
+    for index, header in enumerate(headers):
+        width = max(
+            max(len(row[index]) for row in rows),
+            max(len(word) for word in header.split()),
+        )
+        table.add_column(
+            header,
+            justify="left" if index < 2 else "right",
+            no_wrap=True,
+            min_width=width,
+        )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
     first = next(iter(report.runs.values())).metrics
     console.print(
