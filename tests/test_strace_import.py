@@ -257,3 +257,19 @@ def test_foreign_number_dropped(tmp_path: Path) -> None:
     trace = import_strace(write(tmp_path, log), tmp_path / "t")
     assert trace.column("syscalls", "nr").tolist() == [SYSCALL_NR["getpid"]]
     assert any("dropped 1 with numbers outside" in n for n in trace.manifest.notes)
+
+
+def test_cut_last_line_ignored(tmp_path: Path) -> None:
+    # A log whose writer was killed mid-line: every call before it is kept.
+    cut = EDGE_LOG.rstrip("\n").rsplit("\n", 1)[0] + "\n100  1700000000.001800 close(3"
+    log = parse_strace_log(write(tmp_path, cut))
+    full = parse_strace_log(write(tmp_path, EDGE_LOG, "full.log"))
+    assert log.incomplete_last_line == len(cut.splitlines())
+    assert log.nr == full.nr
+
+
+def test_cut_line_with_newline_rejected(tmp_path: Path) -> None:
+    # The same line with its newline is a garbled log, not a cut one.
+    text = EDGE_LOG + "100  1700000000.001800 close(3\n"
+    with pytest.raises(TraceFormatError, match="has no '= RESULT'"):
+        parse_strace_log(write(tmp_path, text))

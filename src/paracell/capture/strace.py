@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from paracell.errors import TraceFormatError
 from paracell.trace.manifest import Manifest, Workload
 from paracell.trace.schema import MAX_SYSCALL_NR, arrow_schema
 from paracell.trace.store import Trace, check_output, write_trace
+
+_log = logging.getLogger("paracell.capture.strace")
 
 _PREFIX = re.compile(
     r"^(?:(?P<pid>\d+)\s+)?(?P<sec>\d+)\.(?P<frac>\d+)\s+(?P<body>.*)$"
@@ -99,6 +102,8 @@ class StraceLog:
     foreign_numbers: int = 0
     exit_status: int | None = None
     root_tid: int | None = None
+    # Line number of a last line cut short without its newline, if ignored.
+    incomplete_last_line: int | None = None
 
 
 def parse_strace_log(path: Path) -> StraceLog:
@@ -116,7 +121,20 @@ def parse_strace_log(path: Path) -> StraceLog:
             line = raw.rstrip("\n")
             if not line.strip():
                 continue
-            _parse_line(path, line_no, line, log, pending)
+            try:
+                _parse_line(path, line_no, line, log, pending)
+            except _IncompleteLine as exc:
+                # Only the last line can lack its newline: strace was killed
+                # while writing it. The calls before it are still good.
+                if raw.endswith("\n"):
+                    raise exc.error from None
+                _log.warning(
+                    "%s:%d: ignored the incomplete last line %r",
+                    path,
+                    line_no,
+                    line[:80],
+                )
+                log.incomplete_last_line = line_no
     # Calls still unfinished at the end never returned (exit_group, a kill).
     for tid, p in pending.items():
         _add_row(log, p.ts_ns, tid, p.name, 0, 0, False, path, p.line_no)
@@ -141,6 +159,14 @@ def parse_strace_log(path: Path) -> StraceLog:
             hint="record with strace -f -ttt -T -o LOG CMD",
         )
     return log
+
+
+class _IncompleteLine(Exception):
+    """A call line that stops before its result; carries the error to report."""
+
+    def __init__(self, error: TraceFormatError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _fail(path: Path, line_no: int, line: str, reason: str) -> TraceFormatError:
@@ -209,7 +235,9 @@ def _parse_line(
             return
         result = _RESULT.match(rest)
         if result is None:
-            raise _fail(path, line_no, line, "resumed call has no '= RESULT'")
+            raise _IncompleteLine(
+                _fail(path, line_no, line, "resumed call has no '= RESULT'")
+            )
         ret, complete = _return_value(result, path, line_no, line)
         duration = _duration_ns(result.group("dur"), path, line_no, line)
         entry_ts = start.ts_ns if start is not None else ts_ns - duration
@@ -232,7 +260,9 @@ def _parse_line(
         return
     result = _RESULT.match(rest)
     if result is None:
-        raise _fail(path, line_no, line, "system call has no '= RESULT'")
+        raise _IncompleteLine(
+            _fail(path, line_no, line, "system call has no '= RESULT'")
+        )
     ret, complete = _return_value(result, path, line_no, line)
     duration = _duration_ns(result.group("dur"), path, line_no, line)
     if complete and result.group("dur") is None:
