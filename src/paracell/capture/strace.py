@@ -186,7 +186,9 @@ def _parse_line(
                 line,
                 "timestamps are not seconds since the epoch; record with -ttt",
             )
-        raise _fail(path, line_no, line, "not an strace -f -ttt -T line")
+        raise _IncompleteLine(
+            _fail(path, line_no, line, "not an strace -f -ttt -T line")
+        )
     ts_ns = _seconds_to_ns(m.group("sec"), m.group("frac"))
     if ts_ns > _INT64_MAX:
         raise _fail(path, line_no, line, "timestamp is out of range")
@@ -252,7 +254,9 @@ def _parse_line(
 
     call = _CALL.match(body)
     if call is None:
-        raise _fail(path, line_no, line, "not an strace -f -ttt -T line")
+        raise _IncompleteLine(
+            _fail(path, line_no, line, "not an strace -f -ttt -T line")
+        )
     name = call.group("name")
     rest = call.group("args")
     if _UNFINISHED.search(rest):
