@@ -670,3 +670,14 @@ def test_glibc_pkey_set_is_found() -> None:
     hits = [h for h in _scan(libc).hits if h.symbol == "pkey_set"]
     # glibc's pkey_set(3) is a user-space WRPKRU, which a ParaCell loader rejects.
     assert [h.kind for h in hits] == ["wrpkru"]
+
+
+def test_cli_named_non_elf_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a program\n")
+    assert main(["scan", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert f"skipped {text}: not ELF" in err
+    assert "nothing was scanned" in err

@@ -102,6 +102,19 @@ def run(args: argparse.Namespace) -> int:
         hit.allowed = allow.allows(hit.file, hit.offset, hit.symbol)
     rejected = [hit for hit in report.hits if not hit.allowed]
     unscanned = report.files_unscanned()
+    # A file named on the command line and skipped is likely a wrong path,
+    # so it is named even without --list-skipped.
+    named = {str(p) for p in args.paths if not p.is_dir()}
+    for skipped in report.files_skipped:
+        if skipped.path in named:
+            message = f"paracell: skipped {skipped.path}: {skipped.reason}"
+            print(message, file=sys.stderr)
+    if report.files_scanned == 0 and not unscanned:
+        raise ParacellError(
+            f"no x86-64 ELF file found in {', '.join(str(p) for p in args.paths)}; "
+            "nothing was scanned",
+            hint="give x86-64 ELF files or directories that contain them",
+        )
     if args.json:
         print_json(
             {
