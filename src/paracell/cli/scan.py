@@ -111,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
             print(message, file=sys.stderr)
     if report.files_scanned == 0 and not unscanned:
         raise ParacellError(
-            f"no x86-64 ELF file found in {', '.join(str(p) for p in args.paths)}; "
+            f"no x86 ELF file found in {', '.join(str(p) for p in args.paths)}; "
             "nothing was scanned",
-            hint="give x86-64 ELF files or directories that contain them",
+            hint="give x86 ELF files or directories that contain them",
         )
     if args.json:
         print_json(
