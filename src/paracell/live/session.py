@@ -46,10 +46,10 @@ HUGE_PAGE_POLICIES = frozenset({"thp", "hyperalloc"})
 DEFAULT_RSS_FRACTION = 0.5
 # MemAvailable that must stay free for the rest of the machine.
 SAFETY_MARGIN_BYTES = 512 * _MIB
-# Margin added to the model's peak footprint for what the replay allocates
-# besides the region: its buffers and Python heap (agent-build with pager
-# grew the process by 26 MiB beyond the region), plus page tables (8 bytes
-# per resident 4 KiB page is 1/512, rounded up to 1/256 for upper levels).
+# Margin added to the model's peak footprint for the replay's buffers and
+# Python heap. With agent-build and the Pager the process grew by 26 MiB
+# beyond the region. Page tables are added apart: 8 bytes per resident
+# 4 KiB page is 1/512, rounded up to 1/256 for the upper levels.
 FIXED_MARGIN_BYTES = 64 * _MIB
 PAGE_TABLE_SHARE = 1 / 256
 # Share of resident memory below which a 2 MiB policy's run is reported as
