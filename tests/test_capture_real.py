@@ -274,10 +274,10 @@ def test_exit_status_passed_through(tmp_path: Path) -> None:
 
 
 # Upper bound for the command's first execve. Forked from the capture's
-# Python process, it took 5.8-28 ms on Linux 6.18 (2-core PVM guest) because
+# Python process, it took 3-28 ms on Linux 6.18 (2-core PVM guest) because
 # it tore down that large address space. From the trampoline it takes about
 # 0.2 ms, so the bound leaves room for a loaded machine.
-_FIRST_EXECVE_MAX_NS = 3_000_000
+_FIRST_EXECVE_MAX_NS = 1_500_000
 
 
 @pytest.mark.parametrize("command", [["true"], ["ls", "/"]])
