@@ -282,7 +282,9 @@ def test_manifest_negative_operations(tmp_path):
     raw = json.loads((trace.path / "manifest.json").read_text())
     raw["workload"]["operations"] = -5
     (trace.path / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(TraceFormatError, match="'workload.operations' must not be negative"):
+    with pytest.raises(
+        TraceFormatError, match="'workload.operations' must not be negative"
+    ):
         load_trace(trace.path)
 
 

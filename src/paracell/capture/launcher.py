@@ -5,7 +5,7 @@ A process forked from the capture is a copy of a large Python process
 the command itself, the traced execve would spend milliseconds tearing that
 address space down, and copy-on-write faults of the Python child would
 precede it. So the forked child only restores default signal dispositions,
-asks for SIGKILL when the capture dies, writes its marker to a
+requests SIGKILL when the capture dies, writes its marker to a
 ``trace_marker`` (from which the parent learns its global pid), and
 executes a trampoline: a static x86-64 program of a few hundred bytes,
 held in a memfd, that stops itself with SIGSTOP. The parent waits until
@@ -55,7 +55,7 @@ EXEC_FAILED_STATUS = 127
 def _trampoline_code() -> bytes:
     """Return x86-64 machine code: stop, then execve(argv[1], &argv[2], envp).
 
-    At the entry point the stack holds argc, argv[0..argc-1], NULL, envp
+    At the entry point the stack contains argc, argv[0..argc-1], NULL, envp
     (System V x86-64 ABI, 3.4.1). The sys_exit of ``kill`` is recorded
     before the stop takes effect, so after SIGCONT the next event of the
     task is the sys_enter of ``execve``.
@@ -238,7 +238,7 @@ class StoppedChild:
         The trampoline then calls execve of the command. That execve can
         still fail after the checks made before fork (a file that is neither
         an ELF binary nor a ``#!`` script, say); the command then exits with
-        status 127 and the trace holds the failed execve.
+        status 127 and the trace contains the failed execve.
         """
         start_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         os.kill(self.pid, signal.SIGCONT)

@@ -2,8 +2,8 @@
 
 Before anything runs, the output location is checked. While the command
 runs, tracefs is mounted for this capture and our instances are created.
-The command is forked and stopped in a small trampoline, its global pid is
-learned from the kernel, tracing is armed on that pid, the trampoline is
+The command is forked and stopped in a small trampoline, and its global pid
+is learned from the kernel. Tracing is armed on that pid, the trampoline is
 continued to execve the command, and the ring buffers are copied to spool
 files until it exits. Then tracing stops and the instances are removed.
 Afterwards the pages are decoded, system calls are paired, the allocator
