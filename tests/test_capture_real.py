@@ -94,7 +94,12 @@ class TraceRun:
     pid: int
 
 
-def run_trace(out: Path, *command: str, extra: tuple[str, ...] = ()) -> TraceRun:
+def run_trace(
+    out: Path,
+    *command: str,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> TraceRun:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -110,6 +115,7 @@ def run_trace(out: Path, *command: str, extra: tuple[str, ...] = ()) -> TraceRun
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     try:
         stdout, stderr = proc.communicate(timeout=300)
@@ -265,6 +271,75 @@ def test_exit_status_passed_through(tmp_path: Path) -> None:
     assert trace.manifest.exit_status == 7
     assert trace.kinds == ["syscalls", "task_newtask"]
     assert trace.manifest.workload.name == "sh"
+
+
+# Upper bound for the command's first execve. Forked from the capture's
+# Python process, it took 3-28 ms on Linux 6.18 (2-core PVM guest) because
+# it tore down that large address space. From the trampoline it takes about
+# 0.2 ms, so the bound leaves room for a loaded machine.
+_FIRST_EXECVE_MAX_NS = 1_500_000
+
+
+@pytest.mark.parametrize("command", [["true"], ["ls", "/"]])
+def test_first_row_is_small_execve(tmp_path: Path, command: list[str]) -> None:
+    """The command starts with its execve, as from a shell: no capture artefacts."""
+    result = run_trace(
+        tmp_path / "trace", *command, extra=("--events", "syscalls,faults")
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(tmp_path / "trace")
+    sc = trace.table("syscalls")
+    nr = sc.column("nr").to_numpy()
+    assert nr.size > 0
+    # The root pid is the first row's pid; the tree has no other process.
+    root = int(sc.column("pid")[0].as_py())
+    assert set(sc.column("pid").to_numpy().tolist()) == {root}
+    assert nr[0] == SYSCALL_NR["execve"]
+    assert sc.column("ret")[0].as_py() == 0
+    assert sc.column("complete")[0].as_py()
+    first_ts = int(sc.column("ts_ns")[0].as_py())
+    duration = int(sc.column("duration_ns")[0].as_py())
+    assert duration < _FIRST_EXECVE_MAX_NS, f"first execve took {duration} ns"
+    # Copy-on-write faults of a forked Python process would come first.
+    faults = trace.table("page_fault_user")
+    fault_ts = faults.column("ts_ns").to_numpy()
+    fault_pid = faults.column("pid").to_numpy()
+    early = int(((fault_pid == root) & (fault_ts < first_ts)).sum())
+    assert early == 0, f"{early} page faults precede the first execve"
+
+
+def test_argv_and_environment_unchanged(tmp_path: Path) -> None:
+    """The command gets the user's argv[0] and every environment entry."""
+    env = dict(os.environ)
+    # Not a valid shell variable name: a shell in between would drop it.
+    env["PARACELL.TEST-VAR"] = "kept"
+    # A shell in between would add PWD.
+    env.pop("PWD", None)
+    result = run_trace(
+        tmp_path / "trace",
+        "cat",
+        "/proc/self/cmdline",
+        "/proc/self/environ",
+        extra=("--events", "syscalls"),
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    fields = result.stdout.split("\0")
+    assert fields[:2] == ["cat", "/proc/self/cmdline"]
+    assert "PARACELL.TEST-VAR=kept" in fields
+    assert not any(f.startswith("PWD=") for f in fields)
+
+
+def test_unexecutable_command_exits_127(tmp_path: Path) -> None:
+    """execve failing after release leaves exit 127 and the failed call."""
+    script = tmp_path / "no-interpreter"
+    script.write_bytes(b"\x00\x01 neither ELF nor #!\n")
+    script.chmod(0o755)
+    result = run_trace(tmp_path / "trace", str(script), extra=("--events", "syscalls"))
+    assert result.returncode == 127, result.stderr
+    sc = load_trace(tmp_path / "trace").table("syscalls")
+    assert sc.column("nr")[0].as_py() == SYSCALL_NR["execve"]
+    assert sc.column("ret")[0].as_py() == -8  # -ENOEXEC
 
 
 def start_trace(out: Path, *command: str) -> subprocess.Popen[str]:
@@ -433,6 +508,7 @@ def test_sigterm_any_phase_restores(
 ) -> None:
     """SIGTERM at any moment (imports, setup, run) leaves tracefs as it was."""
     before = tracefs_state(tracefs_top)
+    tag = f"PARACELL_TEST_RUN={os.getpid()}-{delay_s}"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -448,6 +524,7 @@ def test_sigterm_any_phase_restores(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, tag.split("=")[0]: tag.split("=")[1]},
     )
     time.sleep(delay_s)
     proc.send_signal(signal.SIGTERM)
@@ -455,6 +532,24 @@ def test_sigterm_any_phase_restores(
     assert "Traceback" not in stderr
     assert tracefs_state(tracefs_top) == before
     assert leftovers(tracefs_top, proc.pid) == []
+    # A child stopped before release (or the command) must not outlive it.
+    assert processes_with_env(tag) == []
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Return the pids of live processes whose environment contains ``entry``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue  # exited meanwhile, or a kernel thread
+        if entry.encode() in environ:
+            found.append(int(name))
+    return found
 
 
 def test_lost_events_reported(tmp_path: Path) -> None:

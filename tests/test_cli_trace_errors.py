@@ -185,6 +185,25 @@ def test_trace_force_keeps_foreign_directory(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("target", [".", "..", "/", "/proc"])
+def test_trace_output_not_replaceable(tmp_path: Path, target: str) -> None:
+    """The cwd, its ancestors and mount points are rejected before anything runs."""
+    work = tmp_path / "empty"
+    work.mkdir()
+    marker = tmp_path / "ran"
+    result = subprocess.run(
+        [sys.executable, "-m", "paracell", "trace", "--force", "-o", target]
+        + ["--", "touch", str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=work,
+    )
+    assert_one_line_error(result, f"error: {target}: output ", "-o ./trace")
+    assert not marker.exists()
+    assert list(work.iterdir()) == []
+
+
 def test_trace_output_in_proc(tmp_path: Path) -> None:
     marker = tmp_path / "ran"
     result = paracell("trace", "-o", "/proc/foo", "--", "touch", str(marker))

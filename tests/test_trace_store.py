@@ -286,3 +286,38 @@ def test_manifest_negative_operations(tmp_path):
         TraceFormatError, match="'workload.operations' must not be negative"
     ):
         load_trace(trace.path)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        (".", "the current directory or one of its ancestors"),
+        ("..", "the current directory or one of its ancestors"),
+        ("sub/..", "the current directory or one of its ancestors"),
+        ("sub/../..", "the current directory or one of its ancestors"),
+        ("sub/x/..", "must end in a directory name"),
+        ("/", "the current directory or one of its ancestors"),
+    ],
+)
+def test_output_cwd_or_ancestor_rejected(tmp_path, monkeypatch, target, reason):
+    """A trace replaces its target by rename, which cannot replace these."""
+    (tmp_path / "sub" / "x").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(TraceFormatError, match=reason) as info:
+            check_output(Path(target), overwrite=overwrite)
+        assert str(info.value).startswith(str(Path(target)))
+
+
+def test_output_symlink_to_cwd_rejected(tmp_path, monkeypatch):
+    (tmp_path / "here").symlink_to(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TraceFormatError, match="the current directory"):
+        check_output(Path("here"), overwrite=True)
+
+
+def test_output_mount_point_rejected(tiny_tmpfs):
+    with pytest.raises(TraceFormatError, match="output is a mount point"):
+        check_output(tiny_tmpfs, overwrite=True)
+    # A new directory on that file system is fine.
+    check_output(tiny_tmpfs / "t", overwrite=False)

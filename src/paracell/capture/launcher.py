@@ -1,21 +1,31 @@
-"""Start the traced command blocked, so tracing can be armed on its pid first.
+"""Start the traced command stopped, so tracing can be armed on its pid first.
 
-The child is forked, restores default signal dispositions, asks for SIGKILL
-when the capture dies, writes its marker to a ``trace_marker`` (from which
-the parent learns its global pid), and waits on a pipe. The parent writes
-that pid into ``set_event_pid``, enables the events and then writes one
-byte: the child's first traced system call is the return of that ``read``
-and its next is ``execve`` of the command.
+A process forked from the capture is a copy of a large Python process
+(numba and pyarrow loaded, hundreds of MiB mapped). If it called execve of
+the command itself, the traced execve would spend milliseconds tearing that
+address space down, and copy-on-write faults of the Python child would
+precede it. So the forked child only restores default signal dispositions,
+requests SIGKILL when the capture dies, writes its marker to a
+``trace_marker`` (from which the parent learns its global pid), and
+executes a trampoline: a static x86-64 program of a few hundred bytes,
+held in a memfd, that stops itself with SIGSTOP. The parent waits until
+the child is stopped, arms tracing on its pid and sends SIGCONT. The first
+traced system call of the command is then ``execve`` from a one-page
+address space, as from a small shell, with the user's argv and environment
+unchanged.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
+import platform
 import shutil
 import signal
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +39,97 @@ log = logging.getLogger("paracell.capture")
 _RESET_SIGNALS = ("SIGPIPE", "SIGXFSZ", "SIGINT", "SIGTERM", "SIGQUIT", "SIGHUP")
 # prctl option from linux/prctl.h: signal the caller when its parent thread exits.
 PR_SET_PDEATHSIG = 1
+# memfd_create flag from linux/memfd.h (Linux 6.3+): executable even when
+# the vm.memfd_noexec sysctl is 1. Older kernels reject it with EINVAL.
+MFD_EXEC = 0x0010
+# argv[0] of the trampoline; the command gets the user's argv[0].
+TRAMPOLINE_NAME = "paracell-launch"
+# The kernel names the task "memfd:" + this name (comm, up to 15 bytes)
+# while the trampoline runs, so it shows as "memfd:paracell" in sched_switch.
+_MEMFD_NAME = "paracell"
+# Exit status of the trampoline when execve of the command fails after the
+# checks made before fork, as a shell exits for a command it cannot run.
+EXEC_FAILED_STATUS = 127
+
+
+def _trampoline_code() -> bytes:
+    """Return x86-64 machine code: stop, then execve(argv[1], &argv[2], envp).
+
+    At the entry point the stack contains argc, argv[0..argc-1], NULL, envp
+    (System V x86-64 ABI, 3.4.1). The sys_exit of ``kill`` is recorded
+    before the stop takes effect, so after SIGCONT the next event of the
+    task is the sys_enter of ``execve``.
+    """
+    return b"".join(
+        [
+            b"\xb8\x27\x00\x00\x00",  # mov eax, 39 (getpid)
+            b"\x0f\x05",  # syscall
+            b"\x89\xc7",  # mov edi, eax (pid)
+            b"\xbe\x13\x00\x00\x00",  # mov esi, 19 (SIGSTOP)
+            b"\xb8\x3e\x00\x00\x00",  # mov eax, 62 (kill)
+            b"\x0f\x05",  # syscall
+            b"\x48\x8b\x7c\x24\x10",  # mov rdi, [rsp+16] (argv[1]: path)
+            b"\x48\x8d\x74\x24\x18",  # lea rsi, [rsp+24] (&argv[2])
+            b"\x48\x8b\x0c\x24",  # mov rcx, [rsp] (argc)
+            b"\x48\x8d\x54\xcc\x10",  # lea rdx, [rsp+8*rcx+16] (envp)
+            b"\xb8\x3b\x00\x00\x00",  # mov eax, 59 (execve)
+            b"\x0f\x05",  # syscall
+            b"\xbf" + struct.pack("<I", EXEC_FAILED_STATUS),  # mov edi, 127
+            b"\xb8\xe7\x00\x00\x00",  # mov eax, 231 (exit_group)
+            b"\x0f\x05",  # syscall
+        ]
+    )
+
+
+def trampoline_elf() -> bytes:
+    """Return a static x86-64 ELF executable that runs :func:`_trampoline_code`.
+
+    One PT_LOAD segment maps the whole file read-only and executable at
+    0x400000; a PT_GNU_STACK header keeps the stack non-executable.
+    """
+    base = 0x400000
+    ehdr_size, phdr_size, nr_phdrs = 64, 56, 2
+    code = _trampoline_code()
+    entry_off = ehdr_size + phdr_size * nr_phdrs
+    size = entry_off + len(code)
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, LE, SysV
+    ehdr = ident + struct.pack(
+        "<HHIQQQIHHHHHH",
+        2,  # e_type: ET_EXEC
+        62,  # e_machine: EM_X86_64
+        1,  # e_version
+        base + entry_off,  # e_entry
+        ehdr_size,  # e_phoff
+        0,  # e_shoff: no section headers
+        0,  # e_flags
+        ehdr_size,
+        phdr_size,
+        nr_phdrs,
+        0,  # e_shentsize
+        0,  # e_shnum
+        0,  # e_shstrndx
+    )
+    pf_x, pf_w, pf_r = 1, 2, 4
+    load = struct.pack("<IIQQQQQQ", 1, pf_r | pf_x, 0, base, base, size, size, 4096)
+    gnu_stack = struct.pack("<IIQQQQQQ", 0x6474E551, pf_r | pf_w, 0, 0, 0, 0, 0, 16)
+    return ehdr + load + gnu_stack + code
+
+
+def _trampoline_fd() -> int:
+    """Return a close-on-exec memfd holding :func:`trampoline_elf`."""
+    if platform.machine() != "x86_64":
+        raise CaptureError(
+            f"paracell trace starts commands through an x86-64 trampoline; "
+            f"this machine is {platform.machine()}"
+        )
+    try:
+        fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC | MFD_EXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise CaptureError(f"memfd_create failed: {exc.strerror}") from None
+        fd = os.memfd_create(_MEMFD_NAME, os.MFD_CLOEXEC)
+    os.write(fd, trampoline_elf())
+    return fd
 
 
 def _prctl() -> Callable[..., int]:
@@ -39,20 +140,21 @@ def _prctl() -> Callable[..., int]:
 
 
 @dataclass
-class BlockedChild:
-    """A forked child waiting on a pipe before it execs ``argv``."""
+class StoppedChild:
+    """A forked child, stopped in the trampoline until :meth:`release`."""
 
     argv: list[str]
     # pid in this process's pid namespace (for kill and wait).
     pid: int = -1
-    _go_w: int = -1
-    _err_r: int = -1
+    _released: bool = False
+    _reaped: bool = False
 
     def spawn(self, marker_fd: int = -1, marker: bytes = b"") -> int:
-        """Fork the child; return its pid. It execs only after :meth:`release`.
+        """Fork the child and wait until it is stopped; return its pid.
 
         When ``marker_fd`` is given, the child writes ``marker`` to it (and
-        closes it) before this returns.
+        closes it) before this returns. Raises :class:`CaptureError` when
+        the command is not found or the trampoline cannot start.
         """
         if not self.argv:
             raise CaptureError("no command given after --")
@@ -60,88 +162,102 @@ class BlockedChild:
         if path is None:
             raise CaptureError(f"command not found: {self.argv[0]}")
         env = dict(os.environ)
+        trampoline_argv = [TRAMPOLINE_NAME, path, *self.argv]
         # Resolved before fork: the child should not load libraries.
         prctl = _prctl()
         parent = os.getpid()
-        go_r, go_w = os.pipe()
+        trampoline = _trampoline_fd()
         err_r, err_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child only
-            try:
-                os.close(go_w)
-                os.close(err_r)
-                os.close(ready_r)
-                for name in _RESET_SIGNALS:
-                    if hasattr(signal, name):
-                        signal.signal(getattr(signal, name), signal.SIG_DFL)
-                # Without this, a capture killed with SIGKILL leaves the
-                # command running. The setting survives execve, except of
-                # set-user-ID, set-group-ID or file-capability programs.
-                if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                    raise OSError(ctypes.get_errno(), "prctl")
-                if os.getppid() != parent:
-                    os._exit(127)  # the capture died before prctl took effect
-                if marker_fd >= 0:
-                    os.write(marker_fd, marker)
-                    # An open trace_marker would keep its instance busy.
-                    os.close(marker_fd)
-                os.write(ready_w, b"r")
-                os.close(ready_w)
-                if os.read(go_r, 1) != b"x":
-                    os._exit(127)
-                os.execve(path, self.argv, env)
-            except OSError as exc:
-                os.write(err_w, str(exc.errno).encode())
-            finally:
-                os._exit(127)
-        os.close(go_r)
-        os.close(err_w)
-        os.close(ready_w)
-        self.pid, self._go_w, self._err_r = pid, go_w, err_r
         try:
-            ready = os.read(ready_r, 1)
+            pid = os.fork()
+            if pid > 0:
+                # Stored at once so that cancel() finds the child after an
+                # interrupt at any later point.
+                self.pid = pid
+            else:  # pragma: no cover - runs in the child only
+                try:
+                    os.close(err_r)
+                    for name in _RESET_SIGNALS:
+                        if hasattr(signal, name):
+                            signal.signal(getattr(signal, name), signal.SIG_DFL)
+                    # Without this, a capture killed with SIGKILL leaves the
+                    # command running. The setting survives execve, except of
+                    # set-user-ID, set-group-ID or file-capability programs,
+                    # and SIGKILL also ends a stopped task.
+                    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                        raise OSError(ctypes.get_errno(), "prctl")
+                    if os.getppid() != parent:
+                        os._exit(127)  # the capture died before prctl took effect
+                    if marker_fd >= 0:
+                        os.write(marker_fd, marker)
+                        # An open trace_marker would keep its instance busy.
+                        os.close(marker_fd)
+                    # err_w is close-on-exec: it reads as EOF once this succeeds.
+                    os.execve(trampoline, trampoline_argv, env)
+                except OSError as exc:
+                    os.write(err_w, str(exc.errno).encode())
+                finally:
+                    os._exit(127)
         finally:
-            os.close(ready_r)
-        if ready != b"r":
-            data = os.read(self._err_r, 64)
+            os.close(trampoline)
+            os.close(err_w)
+        try:
+            data = os.read(err_r, 64)
+        finally:
+            os.close(err_r)
+        if data:
             self.cancel()
-            reason = os.strerror(int(data)) if data.isdigit() else "it exited"
-            raise CaptureError(f"cannot prepare {self.argv[0]} for tracing: {reason}")
+            reason = os.strerror(int(data)) if data.isdigit() else "unknown error"
+            raise CaptureError(
+                f"cannot prepare {self.argv[0]} for tracing: "
+                f"starting the trampoline failed: {reason}"
+            )
+        self._wait_stopped()
         return pid
 
-    def release(self) -> int:
-        """Let the child exec; return CLOCK_MONOTONIC at release, in ns.
+    def _wait_stopped(self) -> None:
+        """Wait until the trampoline has stopped itself with SIGSTOP."""
+        while True:
+            _, status = os.waitpid(self.pid, os.WUNTRACED)
+            if os.WIFSTOPPED(status):
+                if os.WSTOPSIG(status) == signal.SIGSTOP:
+                    return
+                # A terminal stop (Ctrl-Z) before the trampoline's own
+                # SIGSTOP: continue it so that it reaches that point.
+                os.kill(self.pid, signal.SIGCONT)
+                continue
+            self._reaped = True
+            raise CaptureError(
+                f"cannot prepare {self.argv[0]} for tracing: the trampoline "
+                f"exited with status {exit_status(status)} before it stopped"
+            )
 
-        Raises :class:`CaptureError` when exec fails (the child then exits 127).
+    def release(self) -> int:
+        """Continue the stopped child; return CLOCK_MONOTONIC at release, in ns.
+
+        The trampoline then calls execve of the command. That execve can
+        still fail after the checks made before fork (a file that is neither
+        an ELF binary nor a ``#!`` script, say); the command then exits with
+        status 127 and the trace contains the failed execve.
         """
         start_ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        os.write(self._go_w, b"x")
-        os.close(self._go_w)
-        self._go_w = -1
-        # The error pipe closes on a successful exec (O_CLOEXEC) or carries errno.
-        data = os.read(self._err_r, 64)
-        os.close(self._err_r)
-        self._err_r = -1
-        if data:
-            os.waitpid(self.pid, 0)
-            err = int(data)
-            raise CaptureError(f"cannot execute {self.argv[0]}: {os.strerror(err)}")
+        os.kill(self.pid, signal.SIGCONT)
+        self._released = True
         return start_ns
 
     def cancel(self) -> None:
-        """Make a child that was never released exit, and reap it."""
-        if self._go_w >= 0:
-            os.close(self._go_w)  # the child reads EOF and exits 127
-            self._go_w = -1
-        if self._err_r >= 0:
-            os.close(self._err_r)
-            self._err_r = -1
-        if self.pid > 0:
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
+        """Kill a child that was never released, and reap it."""
+        if self.pid <= 0 or self._released or self._reaped:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self._reaped = True
 
     def wait(self) -> tuple[int, int]:
         """Wait for the child; return (wait status, CLOCK_MONOTONIC at exit in ns)."""
@@ -151,6 +267,7 @@ class BlockedChild:
                 break
             except InterruptedError:  # pragma: no cover - PEP 475 retries already
                 continue
+        self._reaped = True
         return status, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 

@@ -2,9 +2,10 @@
 
 Before anything runs, the output location is checked. While the command
 runs, tracefs is mounted for this capture and our instances are created.
-The command is forked blocked, its global pid is learned from the kernel,
-tracing is armed on that pid, and the ring buffers are copied to spool files
-until it exits. Then tracing stops and the instances are removed.
+The command is forked and stopped in a small trampoline, and its global pid
+is learned from the kernel. Tracing is armed on that pid, the trampoline is
+continued to execve the command, and the ring buffers are copied to spool
+files until it exits. Then tracing stops and the instances are removed.
 Afterwards the pages are decoded, system calls are paired, the allocator
 events of the tree are selected, and the trace is written atomically.
 """
@@ -44,7 +45,7 @@ from paracell.capture.events import (
     Tracepoint,
     tracepoints_for,
 )
-from paracell.capture.launcher import BlockedChild, exit_status
+from paracell.capture.launcher import StoppedChild, exit_status
 from paracell.capture.owner import (
     CaptureLock,
     instance_name,
@@ -290,7 +291,7 @@ def _record(
         session.cpus,
         token,
     )
-    child = BlockedChild(list(options.command))
+    child = StoppedChild(list(options.command))
     reader = RawReader(session, spool)
     started = False
     try:

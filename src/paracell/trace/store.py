@@ -255,10 +255,13 @@ def check_output(path: Path | str, overwrite: bool) -> None:
 
     The target must not exist, or with ``overwrite`` be a trace directory or
     an empty directory. Its nearest existing ancestor must be a directory in
-    which this process can create entries (checked by creating one). Call
-    this before long work whose result would be lost otherwise.
+    which this process can create entries (checked by creating one). The
+    trace replaces the target by rename, so the current directory, its
+    ancestors and mount points are rejected, ``--force`` or not. Call this
+    before long work whose result would be lost otherwise.
     """
     path = Path(path)
+    _check_renamable(path)
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -277,6 +280,27 @@ def check_output(path: Path | str, overwrite: bool) -> None:
             )
         _check_replaceable(path, st)
     _check_creatable(path)
+
+
+def _check_renamable(path: Path) -> None:
+    """Reject targets rename(2) cannot replace: the cwd, its ancestors, mounts."""
+    hint = "give a new directory name for the trace, for example -o ./trace"
+    resolved = Path(os.path.realpath(path))
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if resolved == cwd or resolved in cwd.parents:
+        raise TraceFormatError(
+            path,
+            f"output resolves to {resolved}, the current directory or one of "
+            "its ancestors",
+            hint=hint,
+        )
+    # pathlib drops "." components, so only ".." and "/" are left to catch.
+    if path.name in ("", ".."):
+        raise TraceFormatError(
+            path, "output must end in a directory name, not '..' or '/'", hint=hint
+        )
+    if os.path.ismount(path):
+        raise TraceFormatError(path, "output is a mount point", hint=hint)
 
 
 def _check_replaceable(path: Path, st: os.stat_result) -> None:
