@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,14 +82,37 @@ def test_command_not_found() -> None:
 
 
 def test_exec_failure_exits_127(tmp_path: Path) -> None:
-    script = tmp_path / "no-interpreter"
-    script.write_bytes(b"\x00\x01 neither ELF nor #!\n")
-    script.chmod(0o755)
-    child = StoppedChild([str(script)])
+    # The command passes the checks made before fork, then goes away
+    # before release: execve in the trampoline fails with ENOENT.
+    command = tmp_path / "vanishing"
+    shutil.copy("/bin/true", command)
+    child = StoppedChild([str(command)])
     child.spawn()
+    command.unlink()
     child.release()
     status, _ = child.wait()
     assert exit_status(status) == 127
+
+
+@pytest.mark.parametrize(
+    ("content", "mode", "message"),
+    [
+        (b"\x00\x01 neither ELF nor #!\n", 0o755, "neither an ELF binary nor a #!"),
+        (b"#!/bin/sh\ntrue\n", 0o644, "permission denied (not executable)"),
+        (None, 0o755, "is a directory"),
+    ],
+)
+def test_unrunnable_command_rejected_before_fork(
+    tmp_path: Path, content: bytes | None, mode: int, message: str
+) -> None:
+    target = tmp_path / "command"
+    if content is None:
+        target.mkdir()
+    else:
+        target.write_bytes(content)
+    target.chmod(mode)
+    with pytest.raises(CaptureError, match=re.escape(message)):
+        StoppedChild([str(target)]).spawn()
 
 
 def test_cancel_after_release_is_noop() -> None:
@@ -122,3 +147,21 @@ def test_stopped_child_dies_with_capture(tmp_path: Path) -> None:
     finally:
         if not wait_gone(pid, 0):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_environment_is_the_startup_one() -> None:
+    """Variables Python adds at start-up (PEP 538) do not reach the command."""
+    code = (
+        "from paracell.capture.launcher import StoppedChild\n"
+        "c = StoppedChild(['/usr/bin/env'])\n"
+        "c.spawn(); c.release(); c.wait()\n"
+    )
+    env = {"PATH": os.environ["PATH"], "LANG": "C", "A.B": "1"}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("PYTHON")})
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True
+    )
+    lines = set(done.stdout.decode().splitlines())
+    assert "LANG=C" in lines
+    assert "A.B=1" in lines
+    assert not any(line.startswith("LC_CTYPE=") for line in lines)

@@ -41,6 +41,18 @@ def _restore_error(
     return error
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM turned into an exception, so cleanup code runs.
+
+    The command-line front end exits with 128 plus ``signum``, as a shell
+    reports a command ended by that signal.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class TraceFormatError(ParacellError):
     """A trace file is missing, unreadable or holds a value the format forbids.
 

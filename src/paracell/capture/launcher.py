@@ -158,10 +158,8 @@ class StoppedChild:
         """
         if not self.argv:
             raise CaptureError("no command given after --")
-        path = shutil.which(self.argv[0])
-        if path is None:
-            raise CaptureError(f"command not found: {self.argv[0]}")
-        env = dict(os.environ)
+        path = resolve_command(self.argv[0])
+        env = startup_environment()
         trampoline_argv = [TRAMPOLINE_NAME, path, *self.argv]
         # Resolved before fork: the child should not load libraries.
         prctl = _prctl()
@@ -196,6 +194,8 @@ class StoppedChild:
                     os.execve(trampoline, trampoline_argv, env)
                 except OSError as exc:
                     os.write(err_w, str(exc.errno).encode())
+                except ValueError as exc:
+                    os.write(err_w, str(exc).encode()[:200])
                 finally:
                     os._exit(127)
         finally:
@@ -207,7 +207,8 @@ class StoppedChild:
             os.close(err_r)
         if data:
             self.cancel()
-            reason = os.strerror(int(data)) if data.isdigit() else "unknown error"
+            text = data.decode(errors="replace")
+            reason = os.strerror(int(text)) if text.isdigit() else text
             raise CaptureError(
                 f"cannot prepare {self.argv[0]} for tracing: "
                 f"starting the trampoline failed: {reason}"
@@ -260,15 +261,87 @@ class StoppedChild:
         self._reaped = True
 
     def wait(self) -> tuple[int, int]:
-        """Wait for the child; return (wait status, CLOCK_MONOTONIC at exit in ns)."""
+        """Wait for the child; return (wait status, CLOCK_MONOTONIC at exit in ns).
+
+        A stopped command would make the capture wait with no sign of why,
+        so each stop is logged with how to continue it.
+        """
         while True:
-            try:
-                _, status = os.waitpid(self.pid, 0)
+            _, status = os.waitpid(self.pid, os.WUNTRACED)
+            if not os.WIFSTOPPED(status):
                 break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries already
-                continue
+            log.warning(
+                "the traced command (pid %d) was stopped by signal %d; the capture "
+                "waits until it ends (continue it with kill -CONT %d)",
+                self.pid,
+                os.WSTOPSIG(status),
+                self.pid,
+            )
         self._reaped = True
         return status, time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def resolve_command(name: str) -> str:
+    """Return the path execve will run for ``name``; raise CaptureError if it cannot.
+
+    Checked before anything is traced, with the messages a shell would give.
+    A file that is neither an ELF binary nor a ``#!`` script is rejected too:
+    a shell would run it with /bin/sh, but execve fails on it.
+    """
+    if "/" in name:
+        if os.path.isdir(name):
+            raise CaptureError(f"{name}: is a directory")
+        if not os.path.exists(name):
+            raise CaptureError(f"command not found: {name}")
+        if not os.access(name, os.X_OK):
+            raise CaptureError(
+                f"{name}: permission denied (not executable)",
+                hint=f"make it executable with chmod +x {name}",
+            )
+        path = name
+    else:
+        found = shutil.which(name)
+        if found is None:
+            raise CaptureError(f"command not found: {name}")
+        path = found
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        # Execute-only files cannot be read; execve itself will judge them.
+        return path
+    if magic != b"\x7fELF" and not magic.startswith(b"#!"):
+        raise CaptureError(
+            f"{name}: neither an ELF binary nor a #! script, so execve cannot run it",
+            hint=f"add a #! line, or trace it through a shell: -- sh {name}",
+        )
+    return path
+
+
+def startup_environment() -> dict[bytes, bytes]:
+    """Return the environment this process started with, for the command.
+
+    Python changes os.environ at start-up (PEP 538 sets LC_CTYPE=C.UTF-8
+    under the C locale) and paracell may set variables of its own, so the
+    command gets /proc/self/environ, which setenv does not change. Entries
+    that execve through Python cannot pass (no name) are dropped, with a
+    warning.
+    """
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    env: dict[bytes, bytes] = {}
+    for entry in raw.split(b"\0"):
+        if not entry:
+            continue
+        name, sep, value = entry.partition(b"=")
+        if not name or not sep:
+            log.warning("not passing environment entry %r to the command", entry)
+            continue
+        env.setdefault(name, value)
+    return env
 
 
 def exit_status(wait_status: int) -> int:

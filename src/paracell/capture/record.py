@@ -80,7 +80,7 @@ from paracell.capture.tree import (
     TaskTree,
     filter_allocator_events,
 )
-from paracell.errors import CaptureError
+from paracell.errors import CaptureError, Interrupted
 from paracell.trace.manifest import Manifest, Workload
 from paracell.trace.schema import ALLOCATOR_KINDS, MAX_SYSCALL_NR, arrow_schema
 from paracell.trace.store import Trace, check_output, write_trace
@@ -144,7 +144,8 @@ class _Signals:
         self.received: list[int] = []
         self._old: dict[int, object] = {}
         self._deferring = False
-        self._pending = False
+        # Signal held back while cleanup ran (0: none).
+        self._pending = 0
 
     def __enter__(self) -> _Signals:
         # Handlers can only be installed from the main thread.
@@ -157,9 +158,9 @@ class _Signals:
         self.received.append(signum)
         if self.child_pid is None:
             if self._deferring:
-                self._pending = True
+                self._pending = signum
                 return
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         target = signal.SIGKILL if len(self.received) >= 3 else signum
         log.warning(
             "received signal %d; sending %d to the traced command (pid %d)",
@@ -186,8 +187,8 @@ class _Signals:
         finally:
             self._deferring = outer
         if self._pending and not outer:
-            self._pending = False
-            raise KeyboardInterrupt
+            signum, self._pending = self._pending, 0
+            raise Interrupted(signum)
 
 
 @dataclass

@@ -92,9 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParacellError as exc:
         print(f"paracell: error: {exc}", file=sys.stderr)
         return exc.exit_status
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("paracell: interrupted", file=sys.stderr)
-        return 130
+        # SIGINT (2) unless the interrupt names the signal that caused it.
+        return 128 + getattr(exc, "signum", 2)
     except BrokenPipeError:
         # The reader of our output went away (for example `| head`).
         return 0

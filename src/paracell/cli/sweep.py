@@ -73,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     # SIGTERM takes the same path as Ctrl-C: finished cells are written to the
     # store and the workers are stopped, so a rerun resumes from there.
-    raise KeyboardInterrupt
+    from paracell.errors import Interrupted
+
+    raise Interrupted(signum)
 
 
 def run(args: argparse.Namespace) -> int:
