@@ -279,21 +279,12 @@ def memory_table(report: Any) -> Any:
             f"{mt['peak_footprint_bytes'] / 2**20:,.1f}",
             _gib_seconds(mt["gib_seconds"]),
             f"{mt['waste_fraction'] * 100:.1f}%",
-            _faults(mt),
+            _format_faults(mt),
             f"{int(mt['hypercalls']):,}",
             f"{mt['overhead_ns'] / 1e6:,.1f}",
             "-" if policy == "pager" or saved is None else f"{saved * 100:.1f}%",
         )
     return table
-
-
-def _faults(metrics: dict[str, Any]) -> str:
-    # 2 MiB policies fault whole frames; count those apart from 4 KiB faults.
-    huge = int(metrics.get("faults_2m", 0))
-    small = int(metrics["secondary_faults"])
-    if huge and not small:
-        return f"{huge:,} x2M"
-    return f"{small:,}" + (f"+{huge:,}x2M" if huge else "")
 
 
 def _gib_seconds(value: float) -> str:
@@ -353,3 +344,10 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+def _format_faults(metrics: dict[str, Any]) -> str:
+    # Imported here: the memory model pulls in numba, and `--help` should not.
+    from paracell.models.memory.metrics import format_faults
+
+    return format_faults(metrics)

@@ -195,6 +195,8 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
     from rich import box
     from rich.table import Table
 
+    from paracell.models.memory.metrics import format_faults
+
     console = make_console()
     info = entry["trace"]
     console.print(
@@ -211,12 +213,12 @@ def _print_report(report: Any, entry: dict[str, Any], points: Any) -> None:
                 m["placement"],
                 f"{m['mean_footprint_bytes'] / _MIB:.1f}",
                 f"{m['peak_footprint_bytes'] / _MIB:.1f}",
-                f"{m['gib_seconds']:.3g}",
+                f"{m['gib_seconds']:#.3g}",
                 f"{m['waste_fraction'] * 100:.2f}",
-                f"{m['secondary_faults']}",
-                f"{m['hypercalls']}",
-                f"{m['pages_bound']}",
-                f"{m['pages_unbound']}",
+                format_faults(m),
+                f"{m['hypercalls']:,}",
+                f"{m['pages_bound']:,}",
+                f"{m['pages_unbound']:,}",
                 f"{m['overhead_ns'] / 1e6:.1f}",
             )
         )

@@ -185,6 +185,8 @@ def _trace_header(section: TraceSection) -> str:
 
 
 def _memory_part(section: TraceSection) -> str:
+    from paracell.models.memory.metrics import format_faults
+
     if section.memory is None:
         return f"<p class='muted'>Memory model not run: {_e(section.memory_error)}</p>"
     report = section.memory
@@ -233,7 +235,7 @@ def _memory_part(section: TraceSection) -> str:
             f"<td class='num'>{_mib(entry['peak_footprint_bytes'])}</td>"
             f"<td class='num'>{entry['gib_seconds']:.3f}</td>"
             f"<td class='num'>{100 * entry['waste_fraction']:.2f}</td>"
-            f"<td class='num'>{int(entry['secondary_faults']):,}</td>"
+            f"<td class='num'>{format_faults(entry)}</td>"
             f"<td class='num'>{int(entry['hypercalls']):,}</td>"
             f"<td class='num'>{entry['overhead_ns'] / 1e6:.2f}</td></tr>"
         )

@@ -340,3 +340,16 @@ def compute_metrics(
         "footprint_below_allocated_points": int(c[C_BELOW_ALLOC]),
     }
     return metrics, timeline
+
+
+def format_faults(metrics: dict[str, Any]) -> str:
+    """Return a policy's secondary faults as text, 2 MiB frame faults apart.
+
+    A 2 MiB policy faults whole frames, so "135 x2M" says more than the
+    69,120 pages those frames hold.
+    """
+    huge = int(metrics.get("faults_2m", 0))
+    small = int(metrics["secondary_faults"])
+    if huge and not small:
+        return f"{huge:,} x2M"
+    return f"{small:,}" + (f"+{huge:,}x2M" if huge else "")
