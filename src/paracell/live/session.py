@@ -98,7 +98,7 @@ class MemoryBudget:
         if need > self.max_rss_bytes:
             raise LiveError(
                 f"{detail}, more than --max-rss allows "
-                f"({self.max_rss_bytes / _MIB:.0f} MiB); nothing was mapped",
+                f"({_max_rss_text(self.max_rss_bytes)}); nothing was mapped",
                 hint=f"use --max-rss {_round_mib(need)}MiB or more",
             )
         room = self.mem_available_bytes - self.safety_margin_bytes
@@ -120,6 +120,11 @@ class MemoryBudget:
             "safety_margin_bytes": self.safety_margin_bytes,
             "process_rss_bytes": self.process_rss_bytes,
         }
+
+
+def _max_rss_text(nbytes: int) -> str:
+    # A limit below 1 MiB would read as "0 MiB"; give it in bytes.
+    return f"{nbytes} bytes" if nbytes < _MIB else f"{nbytes / _MIB:.0f} MiB"
 
 
 def _ceil_mib(nbytes: int) -> int:

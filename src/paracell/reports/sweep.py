@@ -784,13 +784,22 @@ def run_sweep(
     results: dict[str, dict[str, Any] | None] = {}
     failures: list[str] = []
 
+    logged_errors: set[str] = set()
+
     def finished_cells() -> Iterator[Cell]:
         for cell, result, error in finished:
             if error is not None:
                 # A model that rejects one cell's input should not stop the
                 # other cells; the failed cell is not stored, so a rerun
-                # tries it again.
-                log.error("cell %s (%s): %s", cell.cell_id[:12], cell.describe(), error)
+                # tries it again. A damaged trace fails all its cells alike,
+                # so each distinct error is logged once.
+                if error not in logged_errors:
+                    logged_errors.add(error)
+                    log.error(
+                        "cell %s (%s): %s", cell.cell_id[:12], cell.describe(), error
+                    )
+                else:
+                    log.debug("cell %s: the same error", cell.cell_id[:12])
                 failures.append(f"{cell.describe()}: {error}")
             results[cell.cell_id] = result
             yield cell
