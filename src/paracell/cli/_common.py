@@ -26,6 +26,34 @@ def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_trace_output_arguments(
+    parser: argparse.ArgumentParser, name_default: str
+) -> None:
+    """Add -o DIR, --name, --kind and --force of the commands that write a trace."""
+    from paracell.trace.manifest import WORKLOAD_KINDS
+
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="trace directory to write (must not exist unless --force)",
+    )
+    parser.add_argument("--name", help=f"workload name (default: {name_default})")
+    parser.add_argument(
+        "--kind",
+        choices=WORKLOAD_KINDS,
+        default="agent",
+        help="server (serves requests) or agent (works in bursts); default: agent",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace DIR if it is an earlier trace or an empty directory",
+    )
+
+
 def add_profile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from paracell.trace.manifest import WORKLOAD_KINDS
+from paracell.cli._common import add_trace_output_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,26 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LOG",
         help="log written by strace -f -ttt -T -o LOG CMD",
     )
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="trace directory to write (must not exist unless --force)",
-    )
-    parser.add_argument("--name", help="workload name (default: the log's file name)")
-    parser.add_argument(
-        "--kind",
-        choices=WORKLOAD_KINDS,
-        default="agent",
-        help="server or agent (default: agent)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace DIR if it is an earlier trace or an empty directory",
-    )
+    add_trace_output_arguments(parser, "the log's file name")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,28 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from paracell.cli._common import add_trace_output_arguments
 from paracell.errors import CaptureError
-from paracell.trace.manifest import WORKLOAD_KINDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from paracell.capture.tracefs import DEFAULT_BUFFER_KB
 
-    parser.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        required=True,
-        metavar="DIR",
-        help="trace directory to write (must not exist unless --force)",
-    )
-    parser.add_argument("--name", help="workload name (default: basename of CMD)")
-    parser.add_argument(
-        "--kind",
-        choices=WORKLOAD_KINDS,
-        default="agent",
-        help="server (serves requests) or agent (works in bursts); default: agent",
-    )
+    add_trace_output_arguments(parser, "basename of CMD")
     parser.add_argument(
         "--events",
         metavar="LIST",
@@ -66,11 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KB",
         help=f"ring-buffer size per CPU and instance, in KiB "
         f"(default: {DEFAULT_BUFFER_KB})",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="replace DIR if it is an earlier trace or an empty directory",
     )
     parser.add_argument(
         "command",
