@@ -18,7 +18,6 @@ unknown deployment is an error that names the file and the key.
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,17 @@ from paracell.costs.sources import SOURCES
 from paracell.costs.table import ANY, DEPLOYMENTS, CostTable, Param
 from paracell.costs.units import convert, parse_quantity
 from paracell.errors import ProfileError
+from paracell.tomlfile import read_toml
 
 
 def apply_profile(table: CostTable, path: Path) -> CostTable:
     """Return ``table`` with the overrides of the profile at ``path``."""
-    document = _read_toml(path)
+    document = read_toml(
+        path,
+        ProfileError,
+        "profile",
+        "a cost profile is a TOML file, as `paracell calibrate -o` writes",
+    )
     params = document.get("params", {})
     if not isinstance(params, dict):
         raise ProfileError(f"{path}: [params] must be a table")
@@ -156,24 +161,6 @@ def _with_value(param: Param, value: float, source: str, note: str) -> Param:
         note=note
         or f"set by profile (default {param.value:g} {param.unit}, {param.source})",
     )
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: profile not found") from None
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read profile ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{path}: invalid TOML ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise ProfileError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-            f"offset {exc.start})",
-            hint="a cost profile is a TOML file, as `paracell calibrate -o` writes",
-        ) from None
 
 
 def write_profile(

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from paracell.costs.table import ANY, DEPLOYMENTS
 from paracell.costs.units import convert, parse_quantity
 from paracell.errors import ResultsError
 from paracell.reports.store import ResultsStore, RunRecord, to_json
+from paracell.tomlfile import read_toml
 
 log = logging.getLogger("paracell.reports")
 
@@ -178,21 +178,12 @@ class SweepSummary:
 
 def read_spec(path: Path) -> SweepSpec:
     """Parse and check a sweep specification; raise ResultsError naming the field."""
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: sweep specification not found") from None
-    except OSError as exc:
-        raise ResultsError(f"{path}: failed to read ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ResultsError(f"{path}: invalid TOML ({exc})") from None
-    except UnicodeDecodeError as exc:
-        raise ResultsError(
-            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-            f"offset {exc.start})",
-            hint="a sweep specification is a TOML file like examples/sweep.toml",
-        ) from None
+    document = read_toml(
+        path,
+        ResultsError,
+        "sweep specification",
+        "a sweep specification is a TOML file like examples/sweep.toml",
+    )
     return parse_spec(document, path)
 
 
