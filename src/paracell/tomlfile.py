@@ -14,8 +14,8 @@ def read_toml(
 ) -> dict[str, Any]:
     """Return the TOML document at ``path``; raise ``error`` naming the file.
 
-    ``what`` names the kind of file in messages ("profile"), and ``hint``
-    says what a valid one looks like when the file is not UTF-8 text.
+    ``what`` names the kind of file in messages ("profile"). ``hint``
+    describes a valid file, for the error on a file that is not UTF-8 text.
     """
     try:
         with open(path, "rb") as f:

@@ -345,8 +345,8 @@ def compute_metrics(
 def format_faults(metrics: dict[str, Any]) -> str:
     """Return a policy's secondary faults as text, 2 MiB frame faults apart.
 
-    A 2 MiB policy faults whole frames, so "135 x2M" says more than the
-    69,120 pages those frames hold.
+    A 2 MiB policy faults whole frames, so "135 x2M" is clearer than the
+    69,120 pages those frames contain.
     """
     huge = int(metrics.get("faults_2m", 0))
     small = int(metrics["secondary_faults"])
